@@ -1,0 +1,3 @@
+//! Admin API (health, metrics, workers); filled in by the FastContainer work.
+
+pub mod config;

@@ -1,0 +1,21 @@
+//! wasmail: programmable, sandboxed mail policy for Postfix and Dovecot.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration: raw serde structs, validation with file/line/key errors.
+//! - [`host`]: the WebAssembly plugin host (wasmtime), the WIT bindings and the capabilities.
+//! - [`milter_service`]: the `[milter]` service that runs plugin chains for Postfix.
+//! - [`registry`]: the domain registry (domains, mailboxes, aliases, plugin chains).
+//! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
+//! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
+//! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
+
+pub mod admin;
+pub mod config;
+pub mod fastcontainer;
+pub mod host;
+pub mod lookup;
+pub mod milter_service;
+pub mod policy;
+pub mod registry;
+pub mod serve;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! milter_service (placeholder; see the issue that builds it).

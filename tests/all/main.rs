@@ -1,0 +1,9 @@
+//! One integration-test binary; a module per part. Tests that need root or a system
+//! package check for it and print a loud `SKIPPED:` line when it is missing.
+
+mod fastcontainer;
+mod host;
+mod lookup;
+mod milter_service;
+mod serve;
+mod support;
