@@ -1,1 +1,131 @@
-fn main() {}
+//! The `wasmail` command line: `serve`, `check-config`, and the management subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wasmail::config::{Config, LogFormat};
+
+/// Programmable, sandboxed mail policy for Postfix and Dovecot, with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "wasmail", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration file is.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(
+        short,
+        long,
+        env = "WASMAIL_CONFIG",
+        default_value = "/etc/wasmail/wasmail.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the configured services until SIGTERM/SIGINT (SIGHUP reloads plugins).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check a configuration file and report every problem with file, line and key.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Inspect and try plugins without Postfix.
+    Plugin {
+        #[command(subcommand)]
+        cmd: wasmail::host::cli::PluginCmd,
+    },
+    /// Manage hosted domains in the registry.
+    Domain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: wasmail::registry::cli::DomainCmd,
+    },
+    /// Manage mailboxes in the registry.
+    Mailbox {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: wasmail::registry::cli::MailboxCmd,
+    },
+    /// Manage aliases in the registry.
+    Alias {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: wasmail::registry::cli::AliasCmd,
+    },
+    /// Talk to a running `wasmail serve` through its admin API.
+    Ctl {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: wasmail::fastcontainer::cli::CtlCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&arg.config)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            wasmail::telemetry::init(config.server.log_format, &config.server.log_filter);
+            wasmail::serve::run(config)?;
+        }
+        Command::CheckConfig { config: arg } => match Config::load(&arg.config) {
+            Ok(config) => {
+                let services = config.services();
+                println!(
+                    "{}: OK; services: {}",
+                    arg.config.display(),
+                    if services.is_empty() {
+                        "none".to_string()
+                    } else {
+                        services.join(", ")
+                    }
+                );
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Plugin { cmd } => {
+            wasmail::telemetry::init(LogFormat::Text, "warn");
+            wasmail::host::cli::run(cmd)?;
+        }
+        Command::Domain { config, cmd } => {
+            wasmail::registry::cli::run_domain(&load(&config)?, cmd)?
+        }
+        Command::Mailbox { config, cmd } => {
+            wasmail::registry::cli::run_mailbox(&load(&config)?, cmd)?
+        }
+        Command::Alias { config, cmd } => wasmail::registry::cli::run_alias(&load(&config)?, cmd)?,
+        Command::Ctl { config, cmd } => wasmail::fastcontainer::cli::run(&load(&config)?, cmd)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,123 @@
-//! serve (placeholder).
+//! `wasmail serve`: starts every configured service in one tokio process and shuts them down
+//! gracefully.
+//!
+//! Each service is a future `run(.., shutdown)` that accepts until the shutdown watch flips,
+//! then lets its sessions finish. On SIGTERM/SIGINT the watch flips; services get
+//! `[server] shutdown_grace` to return, after which they are aborted (their connections
+//! close). SIGHUP reloads the plugin directory. If any service fails, the others are shut
+//! down the same way and `serve` returns the first error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+/// A service future: resolves when the service has stopped.
+pub type ServiceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Shared handles built once at start-up and handed to the services that need them.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The configuration `serve` was started with.
+    pub config: std::sync::Arc<Config>,
+}
+
+/// Runs `serve` on a fresh multi-threaded runtime until shutdown.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wasmail")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// Starts the services of `config` and waits for a signal or a service failure.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let grace = config.server.shutdown_grace;
+    let shared = Shared {
+        config: std::sync::Arc::new(config),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    for (name, fut) in build_services(&shared, shutdown_rx.clone()).await? {
+        services.spawn(async move { (name, fut.await) });
+    }
+    if services.is_empty() {
+        warn!("no service is configured; waiting for a signal anyway");
+    }
+    info!(
+        services = ?shared.config.services(),
+        version = env!("CARGO_PKG_VERSION"),
+        "wasmail serving"
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => { info!("SIGHUP: reloading"); reload(&shared).await; }
+            Some(done) = services.join_next(), if !services.is_empty() => {
+                match done {
+                    Ok((name, Ok(()))) => warn!(service = name, "service stopped on its own"),
+                    Ok((name, Err(e))) => {
+                        error!(service = name, error = %format!("{e:#}"), "service failed");
+                        first_error = Some(e.context(format!("service {name}")));
+                        break;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "service task panicked");
+                        first_error = Some(anyhow::anyhow!("service task panicked: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    drain(&mut services, grace).await;
+    info!("wasmail stopped");
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn drain(services: &mut JoinSet<(&'static str, anyhow::Result<()>)>, grace: Duration) {
+    let wait = async {
+        while let Some(done) = services.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                warn!(service = name, error = %format!("{e:#}"), "service ended with an error during shutdown");
+            }
+        }
+    };
+    if tokio::time::timeout(grace, wait).await.is_err() {
+        warn!(
+            grace_secs = grace.as_secs_f64(),
+            "shutdown grace elapsed; closing remaining sessions"
+        );
+        services.abort_all();
+        while services.join_next().await.is_some() {}
+    }
+}
+
+async fn build_services(
+    _shared: &Shared,
+    _shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<(&'static str, ServiceFuture)>> {
+    let services: Vec<(&'static str, ServiceFuture)> = Vec::new();
+    Ok(services)
+}
+
+async fn reload(_shared: &Shared) {}

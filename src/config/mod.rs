@@ -1,1 +1,335 @@
-//! Configuration (placeholder).
+//! Configuration: one TOML file, raw serde structs, validation, and error reports that name
+//! the file, the line and the key.
+//!
+//! Loading happens in three steps:
+//! 1. the file is read and parsed twice: once into a span-carrying TOML tree
+//!    ([`toml::de::DeTable`]) used only to locate keys for error messages, and once into the
+//!    raw serde structs ([`Config`]), every one of which denies unknown keys;
+//! 2. a syntax or type error from serde is mapped back to `file:line:column` plus the dotted
+//!    key path under the error ([`Diagnostic`]);
+//! 3. [`Config::validate`] runs the semantic checks of each section through a [`Validator`],
+//!    which records `(key path, message)` pairs and resolves each to a line the same way.
+//!
+//! Sections are owned by the part they configure (`crate::host::config::PluginsSection` and
+//! so on); this module only assembles them. Every section is optional in the file, and a
+//! service runs only when its section is present (see [`crate::serve`]).
+
+mod locate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use locate::Locator;
+
+use crate::admin::config::AdminSection;
+use crate::fastcontainer::config::FastContainerSection;
+use crate::host::config::PluginsSection;
+use crate::lookup::config::LookupSection;
+use crate::milter_service::config::MilterSection;
+use crate::policy::config::PolicySection;
+use crate::registry::config::RegistrySection;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings: shutdown grace, log format.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The milter service for Postfix's `smtpd_milters`; absent = not started.
+    pub milter: Option<MilterSection>,
+    /// The plugin host: plugin directory, limits and per-plugin settings.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    /// The domain registry (domains, mailboxes, aliases, per-domain chains).
+    #[serde(default)]
+    pub registry: RegistrySection,
+    /// Postfix socketmap / tcp_table responder; absent = not started.
+    pub lookup: Option<LookupSection>,
+    /// Postfix SMTPD policy delegation responder; absent = not started.
+    pub policy: Option<PolicySection>,
+    /// Per-domain mailbox workers; absent = not started.
+    pub fastcontainer: Option<FastContainerSection>,
+    /// Admin API (health, metrics, workers); absent = not started.
+    pub admin: Option<AdminSection>,
+    /// Where this configuration was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`: settings of the `wasmail serve` process itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// After SIGTERM/SIGINT: how long sessions in flight may run before they are closed.
+    /// Default 30 s; keep it below the init system's stop timeout.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log line format on stderr: `"text"` (default) or `"json"`.
+    pub log_format: LogFormat,
+    /// Default tracing filter when `RUST_LOG` is unset, e.g. `"info,wasmail::host=debug"`.
+    /// Default `"info"`.
+    pub log_filter: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One problem found in a configuration file, located by line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value (0 when it could not be located).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, e.g. `milter.listen`; empty for document-level errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Errors from loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read configuration: {source}", path.display())]
+    Read {
+        /// The path that was opened.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not valid; every problem found is listed.
+    #[error("{}", DiagList(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+struct DiagList<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for DiagList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects semantic problems by key path during [`Config::validate`].
+#[derive(Debug, Default)]
+pub struct Validator {
+    problems: Vec<(String, String)>,
+}
+
+impl Validator {
+    /// Records a problem with the value at `key` (dotted path such as `milter.listen`).
+    pub fn error(&mut self, key: impl Into<String>, message: impl fmt::Display) {
+        self.problems.push((key.into(), message.to_string()));
+    }
+
+    /// Problems recorded so far, as `(key, message)`.
+    pub fn problems(&self) -> &[(String, String)] {
+        &self.problems
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str_at(&text, path)
+    }
+
+    /// Parses and validates `text`, naming `path` in diagnostics.
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let locator = Locator::new(text);
+        let mut config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let offset = e.span().map(|s| s.start);
+                let (line, column) = offset.map_or((0, 0), |o| locator.line_col(o));
+                let key = offset.map(|o| locator.key_at(o)).unwrap_or_default();
+                return Err(ConfigError::Invalid(vec![Diagnostic {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    key,
+                    message: e.message().trim_end().to_string(),
+                }]));
+            }
+        };
+        config.source = Some(path.to_path_buf());
+        let mut v = Validator::default();
+        config.validate(&mut v);
+        if v.problems.is_empty() {
+            return Ok(config);
+        }
+        let diags = v
+            .problems
+            .into_iter()
+            .map(|(key, message)| {
+                let (line, column) = locator.key_line_col(&key).unwrap_or((0, 0));
+                Diagnostic {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    key,
+                    message,
+                }
+            })
+            .collect();
+        Err(ConfigError::Invalid(diags))
+    }
+
+    /// Semantic checks across sections (values serde cannot check by type).
+    pub fn validate(&self, v: &mut Validator) {
+        if self.server.shutdown_grace > Duration::from_secs(3600) {
+            v.error("server.shutdown_grace", "must be at most 1h");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log_filter) {
+            v.error("server.log_filter", format_args!("not a valid filter: {e}"));
+        }
+        if let Some(m) = &self.milter {
+            m.validate("milter", v);
+        }
+    }
+
+    /// Names of the services this configuration starts, for logs and `check-config`.
+    pub fn services(&self) -> Vec<&'static str> {
+        let mut s = Vec::new();
+        if self.milter.is_some() {
+            s.push("milter");
+        }
+        if self.lookup.is_some() {
+            s.push("lookup");
+        }
+        if self.policy.is_some() {
+            s.push("policy");
+        }
+        if self.fastcontainer.is_some() {
+            s.push("fastcontainer");
+        }
+        if self.admin.is_some() {
+            s.push("admin");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_at(text, Path::new("test.toml"))
+    }
+
+    fn diags(text: &str) -> Vec<Diagnostic> {
+        match load(text) {
+            Err(ConfigError::Invalid(d)) => d,
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_valid_and_starts_nothing() {
+        let c = load("").unwrap();
+        assert!(c.services().is_empty());
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_line_and_key() {
+        let d = diags("[server]\nshutdown_grace = \"5s\"\n\n[bogus]\nx = 1\n");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].line, 4, "{:?}", d[0]);
+        assert!(d[0].message.contains("unknown field `bogus`"), "{:?}", d[0]);
+        let shown = d[0].to_string();
+        assert!(shown.starts_with("test.toml:4:"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_nested_key_names_its_path() {
+        let d = diags("[server]\nshutdown_grace = \"5s\"\nlog_fromat = \"json\"\n");
+        assert_eq!(d[0].line, 3);
+        assert_eq!(d[0].key, "server.log_fromat");
+        assert!(d[0].message.contains("log_fromat"));
+    }
+
+    #[test]
+    fn bad_value_type_names_line_and_key() {
+        let d = diags("[server]\n\nshutdown_grace = 5\n");
+        assert_eq!(d[0].line, 3);
+        assert_eq!(d[0].key, "server.shutdown_grace");
+    }
+
+    #[test]
+    fn bad_duration_text_is_reported() {
+        let d = diags("[server]\nshutdown_grace = \"five seconds\"\n");
+        assert_eq!(d[0].line, 2);
+        assert_eq!(d[0].key, "server.shutdown_grace");
+    }
+
+    #[test]
+    fn semantic_error_is_located() {
+        let d = diags("# comment\n[server]\nlog_filter = \"info\"\nshutdown_grace = \"2h\"\n");
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].line, d[0].key.as_str()), (4, "server.shutdown_grace"));
+        assert!(d[0].message.contains("at most"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let d = diags("[server]\nshutdown_grace = \"5s\nx");
+        // toml reports the unterminated string where the parser gives up: the next line.
+        assert_eq!(d[0].line, 3, "{:?}", d[0]);
+        assert!(!d[0].message.is_empty());
+    }
+
+    #[test]
+    fn read_error_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/wasmail.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/wasmail.toml"), "{e}");
+    }
+}

@@ -1,1 +1,4 @@
-//! milter_service (placeholder; see the issue that builds it).
+//! The `[milter]` service: Postfix's `smtpd_milters` points here, and every SMTP transaction
+//! runs through the configured plugin chain stage by stage.
+
+pub mod config;
