@@ -46,3 +46,107 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join(program))
         .find(|c| c.is_file())
 }
+
+/// A `wasmail serve` process started from a config text in its own temp dir; stopped with
+/// SIGTERM (then SIGKILL) when dropped.
+pub struct Serve {
+    /// The temp dir holding the config and any sockets the config names under it.
+    pub dir: tempfile::TempDir,
+    /// The child process.
+    pub child: std::process::Child,
+    /// Where stderr (the log) goes.
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Writes `config` (with `{dir}` replaced by the temp dir) and starts `wasmail serve`.
+    /// Waits until the log says the services are up, or fails the test after 60 s.
+    pub fn start(config: &str) -> Serve {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, config)
+    }
+
+    /// Like [`Serve::start`] but in a given temp dir (files may already be placed there).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Serve {
+        let text = config.replace("{dir}", dir.path().to_str().unwrap());
+        let cfg = dir.path().join("wasmail.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = dir.path().join("serve.log");
+        let child = std::process::Command::new(wasmail_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info,wasmail=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn wasmail serve");
+        let mut s = Serve { dir, child, log };
+        s.wait_for_log("wasmail serving", std::time::Duration::from_secs(60));
+        s
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` appears in the log; panics with the log after `timeout`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "wasmail serve exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out waiting for {needle:?} in log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit (up to `timeout`); returns the exit status.
+    pub fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        // SAFETY: kill with a valid pid of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "wasmail serve did not stop within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill with a valid pid of our own child.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            for _ in 0..250 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
