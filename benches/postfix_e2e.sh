@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# End-to-end Postfix throughput with and without a milter, side by side in one run.
+#
+#   benches/postfix_e2e.sh [MESSAGES] [SESSIONS] [BODY_BYTES]
+#
+# Starts a private Postfix instance on 127.0.0.1 (relayhost = an smtp-sink on loopback), then
+# for each row sends MESSAGES with smtp-source over SESSIONS parallel SMTP sessions and times
+# until every message has left the queue:
+#   baseline   no milter
+#   libmilter  Debian libmilter no-op milter (all stages, adds one header) on a unix socket
+#   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
+# Needs root, postfix, smtp-source/smtp-sink, libmilter-dev, and a release build plus the
+# built plugins (scripts/setup.sh). Loopback only; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+N=${1:-2000}
+S=${2:-8}
+L=${3:-4096}
+WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
+PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+
+[ "$(id -u)" = 0 ] || { echo "needs root (private Postfix instance)" >&2; exit 1; }
+T=$(mktemp -d /tmp/wasmail-pfbench.XXXXXX)
+chmod 755 "$T"
+PIDS=()
+cleanup() {
+  postfix -c "$T/etc" stop >/dev/null 2>&1 || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$T"
+}
+trap cleanup EXIT
+
+SMTPD_PORT=${SMTPD_PORT:-10025}
+SINK_PORT=${SINK_PORT:-10026}
+mkdir -p "$T/etc" "$T/spool" "$T/data" "$T/run"
+chown postfix "$T/data"
+sed -E 's/^([a-z]+[[:space:]]+(inet|unix|unix-dgram|fifo|pass)[[:space:]]+[-yn][[:space:]]+[-yn][[:space:]]+)[-y]/\1n/' \
+  /usr/share/postfix/master.cf.dist > "$T/etc/master.cf"
+sed -i -E "s/^smtp[[:space:]]+inet/127.0.0.1:$SMTPD_PORT inet/" "$T/etc/master.cf"
+cat > "$T/etc/main.cf" <<EOC
+compatibility_level = 3.6
+queue_directory = $T/spool
+data_directory = $T/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.bench.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+local_transport = error:5.1.1 no local delivery
+alias_maps =
+local_recipient_maps =
+relayhost = [127.0.0.1]:$SINK_PORT
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtp_dns_support_level = disabled
+maillog_file = $T/postfix.log
+maillog_file_prefixes = /var, $T
+smtputf8_enable = no
+milter_protocol = 6
+milter_default_action = tempfail
+default_process_limit = 100
+EOC
+smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 256 >"$T/sink.log" 2>&1 &
+PIDS+=($!)
+postfix -c "$T/etc" start >/dev/null
+
+queue_empty() { [ -z "$(find "$T/spool/incoming" "$T/spool/active" "$T/spool/deferred" -type f 2>/dev/null | head -1)" ]; }
+
+run_row() {
+  local name=$1 milter=$2
+  postconf -c "$T/etc" -e "smtpd_milters = $milter"
+  postfix -c "$T/etc" reload >/dev/null 2>&1
+  sleep 1
+  local before sent start end
+  before=$(grep -c 'status=sent' "$T/postfix.log" 2>/dev/null || true)
+  start=$(date +%s.%N)
+  smtp-source -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.net 127.0.0.1:$SMTPD_PORT
+  while ! queue_empty; do sleep 0.05; done
+  end=$(date +%s.%N)
+  sent=$(( $(grep -c 'status=sent' "$T/postfix.log") - before ))
+  local rate
+  rate=$(python3 -c "print(f'{$sent/($end-$start):.1f}')")
+  printf '%-10s %6d sent of %6d  %8s msg/s\n' "$name" "$sent" "$N" "$rate"
+  echo "$name $rate $sent" >> "$T/rows"
+}
+
+echo "Postfix $(postconf -d -h mail_version), $N messages, $S sessions, $L-byte bodies, $(nproc) cores"
+run_row baseline ""
+
+cc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
+"$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
+PIDS+=($!)
+sleep 0.5
+chmod 666 "$T/run/libmilter.sock"
+run_row libmilter "unix:$T/run/libmilter.sock"
+
+if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
+  sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" benches/wasmail-bench.toml > "$T/wasmail.toml"
+  "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -S "$T/run/milter.sock" ] && break; sleep 0.1; done
+  chmod 666 "$T/run/milter.sock"
+  run_row wasmail "unix:$T/run/milter.sock"
+else
+  echo "wasmail row skipped: build with scripts/setup.sh first" >&2
+fi
+
+python3 - "$T/rows" <<'PY'
+import sys
+rows = {l.split()[0]: float(l.split()[1]) for l in open(sys.argv[1])}
+base = rows.get("baseline")
+for k, v in rows.items():
+    if k != "baseline" and base:
+        print(f"{k}: {v/base*100:.0f}% of Postfix without milter")
+PY
