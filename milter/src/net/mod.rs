@@ -1,0 +1,13 @@
+//! The tokio driver: listeners, the accept loop, the per-connection session driver and an
+//! async client (the MTA role, for tests and load generation).
+
+mod addr;
+mod client;
+mod server;
+
+pub use addr::{AddrError, SocketSpec};
+pub use client::{ClientError, MilterClient};
+pub use server::{
+    Listener, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats, Stream,
+    Transport, run_session, serve,
+};
