@@ -4,6 +4,7 @@
 mod fastcontainer;
 mod host;
 mod lookup;
+mod milter_miltertest;
 mod milter_service;
 mod serve;
 mod support;
