@@ -113,10 +113,16 @@ async fn drain(services: &mut JoinSet<(&'static str, anyhow::Result<()>)>, grace
 }
 
 async fn build_services(
-    _shared: &Shared,
-    _shutdown: watch::Receiver<bool>,
+    shared: &Shared,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<(&'static str, ServiceFuture)>> {
-    let services: Vec<(&'static str, ServiceFuture)> = Vec::new();
+    let mut services: Vec<(&'static str, ServiceFuture)> = Vec::new();
+    if let Some(milter) = shared.config.milter.clone() {
+        let service = crate::milter_service::service::start(milter, shutdown.clone())
+            .await
+            .context("starting the milter service")?;
+        services.push(("milter", service));
+    }
     Ok(services)
 }
 

@@ -118,18 +118,7 @@ impl MilterSection {
 }
 
 fn valid_listen(s: &str) -> bool {
-    if let Some(path) = s.strip_prefix("unix:") {
-        return path.starts_with('/') && path.len() > 1;
-    }
-    let rest = s.strip_prefix("inet6:").or_else(|| s.strip_prefix("inet:"));
-    let Some(rest) = rest else { return false };
-    if let Some((port, host)) = rest.split_once('@') {
-        return port.parse::<u16>().is_ok() && !host.is_empty();
-    }
-    match rest.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
-        None => false,
-    }
+    s.parse::<wasmail_milter::net::SocketSpec>().is_ok()
 }
 
 #[cfg(test)]

@@ -1,1 +1,130 @@
-//! Integration tests: milter_service.
+//! `wasmail serve` with a `[milter]` section: the binary listens where the config says,
+//! negotiates with an MTA (wasmail's milter client), serves messages, and shuts down
+//! cleanly, removing its socket.
+
+use std::time::Duration;
+
+use wasmail_milter::net::{MilterClient, SocketSpec};
+use wasmail_milter::{Action, Stage};
+
+use crate::support::Serve;
+
+async fn one_session(spec: &SocketSpec) {
+    let mut c = MilterClient::connect(spec)
+        .await
+        .expect("connect to wasmail milter");
+    let n = c.negotiate().await.expect("negotiation");
+    assert_eq!(n.opts.version, 6);
+    let a = *c.agreement().unwrap();
+    assert!(
+        !a.expects_reply(Stage::Header),
+        "headers are negotiated as no-reply"
+    );
+    c.macros(b'C', &[("j", "mx.test")]);
+    let r = c
+        .connect_inet("client.example", "192.0.2.1", 4711)
+        .await
+        .unwrap();
+    assert_eq!(r.unwrap().action, Action::Continue);
+    c.helo("client.example").await.unwrap();
+    c.mail("<a@example.com>", &["SIZE=5"]).await.unwrap();
+    c.rcpt("<b@example.net>", &[]).await.unwrap();
+    c.header("Subject", "smoke").await.unwrap();
+    c.eoh().await.unwrap();
+    c.body(b"hello\r\n").await.unwrap();
+    let r = c.eom().await.unwrap();
+    assert_eq!(
+        r.action,
+        Action::Continue,
+        "no plugins: every message continues"
+    );
+    assert!(r.modifications.is_empty());
+    c.abort().await.unwrap();
+    c.quit().await.unwrap();
+    c.expect_closed().await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_milter_on_a_unix_socket_negotiates_serves_and_quits() {
+    let mut serve =
+        Serve::start("[milter]\nlisten = \"unix:{dir}/run/milter.sock\"\nsocket_mode = \"0600\"\n");
+    let sock = serve.dir.path().join("run/milter.sock");
+    assert!(sock.exists(), "socket created (with its directory)");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    one_session(&SocketSpec::Unix(sock.clone())).await;
+    one_session(&SocketSpec::Unix(sock.clone())).await;
+    let status = serve.stop(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", serve.log_text());
+    assert!(!sock.exists(), "socket removed on shutdown");
+    let log = serve.log_text();
+    assert!(log.contains("milter listening"), "{log}");
+    assert!(log.contains("wasmail stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn serve_milter_on_libmilter_style_tcp_address() {
+    let mut serve = Serve::start("[milter]\nlisten = \"inet:0@127.0.0.1\"\n");
+    let log = serve.log_text();
+    let listen = log
+        .lines()
+        .find(|l| l.contains("milter listening"))
+        .and_then(|l| l.split("listen=").nth(1))
+        .map(|s| {
+            s.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_owned()
+        })
+        .unwrap_or_else(|| panic!("listen address in log:\n{log}"));
+    let spec: SocketSpec = listen.parse().unwrap();
+    assert!(matches!(&spec, SocketSpec::Tcp { host, port } if host == "127.0.0.1" && *port != 0));
+    one_session(&spec).await;
+    // Garbage on the port closes that connection only and is logged with the peer.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let SocketSpec::Tcp { host, port } = &spec else {
+            unreachable!()
+        };
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).await.unwrap();
+    }
+    serve.wait_for_log("milter connection closed on error", Duration::from_secs(10));
+    assert!(
+        serve.log_text().contains("above the limit"),
+        "{}",
+        serve.log_text()
+    );
+    one_session(&spec).await;
+    assert!(serve.stop(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn serve_refuses_plugin_chains_it_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wasmail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[milter]\nlisten = \"unix:{}/m.sock\"\nchain = [\"spam\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::wasmail_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("chain"), "{stderr}");
+}
