@@ -4,6 +4,7 @@
 mod fastcontainer;
 mod host;
 mod lookup;
+mod milter_libmilter;
 mod milter_miltertest;
 mod milter_service;
 mod serve;
