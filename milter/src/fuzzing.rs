@@ -65,7 +65,7 @@ pub fn response(data: &[u8]) {
 pub fn session(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     let mut session = ServerSession::new(SessionOptions {
-        avoid_nodata: data.len() % 2 == 0,
+        avoid_nodata: data.len().is_multiple_of(2),
     });
     let mut out = BytesMut::new();
     loop {

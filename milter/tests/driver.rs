@@ -274,11 +274,7 @@ async fn e02_empty_payloads_valid_for_a_n_t_e_q_k_errors_for_c_h_m_r_l() {
         let mut s = raw(&server).await;
         let mut pre = optneg_bytes();
         if code != b'C' {
-            let mut c = b"h\0U".to_vec();
-            pre.extend(frame(b'C', &{
-                let v = std::mem::take(&mut c);
-                v
-            }));
+            pre.extend(frame(b'C', b"h\0U"));
         }
         if matches!(code, b'R' | b'L') {
             pre.extend(frame(b'M', b"<a@x>\0"));

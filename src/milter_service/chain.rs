@@ -389,10 +389,8 @@ impl ChainRunner {
             }
         }
         match outcome.verdict {
-            Verdict::Accept => {
-                if !matches!(stage, Stage::Connect | Stage::Helo) {
-                    self.accepted = true;
-                }
+            Verdict::Accept if !matches!(stage, Stage::Connect | Stage::Helo) => {
+                self.accepted = true;
             }
             Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard => {
                 outcome.edits.clear();

@@ -118,7 +118,12 @@ impl MilterSection {
 }
 
 fn valid_listen(s: &str) -> bool {
-    s.parse::<wasmail_milter::net::SocketSpec>().is_ok()
+    match s.parse::<wasmail_milter::net::SocketSpec>() {
+        // A relative socket path would depend on the working directory.
+        Ok(wasmail_milter::net::SocketSpec::Unix(p)) => p.is_absolute(),
+        Ok(_) => true,
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
