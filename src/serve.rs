@@ -17,7 +17,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use std::collections::HashMap;
+
 use crate::config::Config;
+use crate::host::engine::World;
+use crate::host::set::PluginHost;
+use crate::host::state::Services;
 
 /// A service future: resolves when the service has stopped.
 pub type ServiceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -27,6 +32,8 @@ pub type ServiceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>
 pub struct Shared {
     /// The configuration `serve` was started with.
     pub config: std::sync::Arc<Config>,
+    /// The plugin host, when any `[plugin.NAME]` is configured.
+    pub plugins: Option<std::sync::Arc<PluginHost>>,
 }
 
 /// Runs `serve` on a fresh multi-threaded runtime until shutdown.
@@ -42,9 +49,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// Starts the services of `config` and waits for a signal or a service failure.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace;
-    let shared = Shared {
-        config: std::sync::Arc::new(config),
+    let config = std::sync::Arc::new(config);
+    let plugins = start_plugins(&config).await?;
+    let _watch = match &plugins {
+        Some(host) if config.plugins.watch => Some(host.watch()?),
+        _ => None,
     };
+    let shared = Shared { config, plugins };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     for (name, fut) in build_services(&shared, shutdown_rx.clone()).await? {
@@ -118,12 +129,59 @@ async fn build_services(
 ) -> anyhow::Result<Vec<(&'static str, ServiceFuture)>> {
     let mut services: Vec<(&'static str, ServiceFuture)> = Vec::new();
     if let Some(milter) = shared.config.milter.clone() {
-        let service = crate::milter_service::service::start(milter, shutdown.clone())
-            .await
-            .context("starting the milter service")?;
+        let service =
+            crate::milter_service::service::start(milter, shared.plugins.clone(), shutdown.clone())
+                .await
+                .context("starting the milter service")?;
         services.push(("milter", service));
     }
     Ok(services)
 }
 
-async fn reload(_shared: &Shared) {}
+/// Builds the capability services and loads every configured plugin (off the runtime's
+/// worker threads: compiling is CPU-bound).
+async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<PluginHost>>> {
+    if config.plugin.is_empty() {
+        return Ok(None);
+    }
+    let section = config.plugins.clone();
+    let entries = config.plugin.clone();
+    let mut expect = HashMap::new();
+    if let Some(m) = &config.milter {
+        for name in m
+            .chain
+            .iter()
+            .chain(m.domains.values().flat_map(|d| d.chain.iter()))
+        {
+            expect.insert(name.clone(), World::MilterFilter);
+        }
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let host = tokio::task::spawn_blocking(move || {
+        let services = Services::start(&section, &entries, &runtime)?;
+        PluginHost::start(&section, &entries, expect, services)
+    })
+    .await
+    .context("plugin loading thread")?
+    .context("loading plugins")?;
+    info!(plugins = ?host.names(), "plugins loaded");
+    Ok(Some(host))
+}
+
+/// SIGHUP: reload plugin files (compiled on a blocking thread; a bad file keeps the old
+/// version serving).
+async fn reload(shared: &Shared) {
+    let Some(host) = shared.plugins.clone() else {
+        info!("SIGHUP: no plugins configured");
+        return;
+    };
+    match tokio::task::spawn_blocking(move || host.reload()).await {
+        Ok(report) => info!(
+            loaded = ?report.loaded,
+            unchanged = report.unchanged.len(),
+            failed = ?report.failed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "plugins reloaded"
+        ),
+        Err(e) => error!(error = %e, "plugin reload thread panicked"),
+    }
+}

@@ -16,6 +16,7 @@
 
 mod locate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub use locate::Locator;
 
 use crate::admin::config::AdminSection;
 use crate::fastcontainer::config::FastContainerSection;
-use crate::host::config::PluginsSection;
+use crate::host::config::{PluginEntry, PluginsSection};
 use crate::lookup::config::LookupSection;
 use crate::milter_service::config::MilterSection;
 use crate::policy::config::PolicySection;
@@ -44,6 +45,9 @@ pub struct Config {
     /// The plugin host: plugin directory, limits and per-plugin settings.
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// Loaded plugins, one `[plugin.NAME]` table each.
+    #[serde(default)]
+    pub plugin: BTreeMap<String, PluginEntry>,
     /// The domain registry (domains, mailboxes, aliases, per-domain chains).
     #[serde(default)]
     pub registry: RegistrySection,
@@ -230,8 +234,28 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log_filter) {
             v.error("server.log_filter", format_args!("not a valid filter: {e}"));
         }
+        self.plugins.validate(&self.plugin, v);
         if let Some(m) = &self.milter {
             m.validate("milter", v);
+            let known = |name: &String| self.plugin.contains_key(name);
+            for (i, name) in m.chain.iter().enumerate() {
+                if !known(name) {
+                    v.error(
+                        format!("milter.chain[{i}]"),
+                        format_args!("no plugin `{name}`: add a [plugin.{name}] table"),
+                    );
+                }
+            }
+            for (domain, d) in &m.domains {
+                for (i, name) in d.chain.iter().enumerate() {
+                    if !known(name) {
+                        v.error(
+                            format!("milter.domains.{domain}.chain[{i}]"),
+                            format_args!("no plugin `{name}`: add a [plugin.{name}] table"),
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! map to milter actions (custom replies become `SMFIR_REPLYCODE`), edits to
 //! modifications.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -23,13 +24,23 @@ use wasmail_milter::{
 
 use super::chain::{ChainRunner, Edit, Event, Header, NoDomainChains, Outcome, Reply, Verdict};
 use super::config::MilterSection;
+use crate::host::milter::{HostDomainChains, WasmFilter};
+use crate::host::plugin::BodyMode;
+use crate::host::set::PluginHost;
 
 /// Builds the chain for each new connection.
 pub type ChainFactory = Arc<dyn Fn() -> ChainRunner + Send + Sync>;
 
+/// The milter stages the plugins currently loaded need (asked at every negotiation, so a
+/// reloaded plugin that wants more stages gets them from the next connection on).
+pub type StageNeeds = Arc<dyn Fn() -> StageSet + Send + Sync>;
+
 /// Creates one [`ChainMilter`] per connection and logs session outcomes.
 pub struct ServiceFactory {
     chains: ChainFactory,
+    stages: StageNeeds,
+    /// Whether any plugin is configured (plugin calls then run on blocking threads).
+    plugins: bool,
 }
 
 impl std::fmt::Debug for ServiceFactory {
@@ -44,8 +55,10 @@ impl MilterFactory for ServiceFactory {
     fn new_milter(&self, peer: &Peer) -> ChainMilter {
         debug!(peer = %peer.addr, conn = peer.id, "milter connection");
         ChainMilter {
-            runner: (self.chains)(),
+            runner: Some((self.chains)()),
             headers: Vec::new(),
+            stages: self.stages.clone(),
+            blocking: self.plugins,
         }
     }
 
@@ -85,10 +98,102 @@ impl MilterFactory for ServiceFactory {
 }
 
 /// One Postfix connection's handler: the plugin chain.
-#[derive(Debug)]
 pub struct ChainMilter {
-    runner: ChainRunner,
+    /// `None` only while a stage runs on a blocking thread, or after that thread panicked.
+    runner: Option<ChainRunner>,
     headers: Vec<Header>,
+    stages: StageNeeds,
+    blocking: bool,
+}
+
+impl std::fmt::Debug for ChainMilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainMilter")
+            .field("runner", &self.runner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainMilter {
+    /// Runs one event through the chain. Plugin calls are synchronous wasm calls, so with
+    /// plugins configured they run on a blocking thread (the runner moves there and back).
+    async fn run(&mut self, event: Event) -> Outcome {
+        let Some(mut runner) = self.runner.take() else {
+            return lost_runner();
+        };
+        if !self.blocking {
+            let out = runner.run(event);
+            self.runner = Some(runner);
+            return out;
+        }
+        match tokio::task::spawn_blocking(move || {
+            let out = runner.run(event);
+            (runner, out)
+        })
+        .await
+        {
+            Ok((runner, out)) => {
+                self.runner = Some(runner);
+                out
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "plugin chain thread panicked; tempfailing this connection");
+                lost_runner()
+            }
+        }
+    }
+
+    /// Ends the transaction (plugins run `on-abort` and drop their instances).
+    async fn end_transaction(&mut self) {
+        let Some(mut runner) = self.runner.take() else {
+            return;
+        };
+        if !self.blocking {
+            runner.end_transaction();
+            self.runner = Some(runner);
+            return;
+        }
+        match tokio::task::spawn_blocking(move || {
+            runner.end_transaction();
+            runner
+        })
+        .await
+        {
+            Ok(runner) => self.runner = Some(runner),
+            Err(e) => {
+                tracing::error!(error = %e, "plugin chain thread panicked at end of transaction")
+            }
+        }
+    }
+}
+
+fn lost_runner() -> Outcome {
+    Outcome {
+        verdict: Verdict::Tempfail(Reply {
+            code: Some(451),
+            enhanced: Some("4.3.0".into()),
+            text: Some("Mail policy temporarily unavailable".into()),
+        }),
+        decided_by: None,
+        edits: Vec::new(),
+        quarantine: None,
+    }
+}
+
+/// Maps a plugin stage to the milter stage that carries it.
+pub fn milter_stage(stage: super::chain::Stage) -> MStage {
+    use super::chain::Stage as S;
+    match stage {
+        S::Connect => MStage::Connect,
+        S::Helo => MStage::Helo,
+        S::MailFrom => MStage::Mail,
+        S::Rcpt => MStage::Rcpt,
+        // Headers are handed over at end of headers.
+        S::Headers => MStage::Header,
+        S::EndOfHeaders => MStage::Eoh,
+        S::Body => MStage::Body,
+        S::EndOfMessage => MStage::Eom,
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -187,37 +292,49 @@ impl Milter for ChainMilter {
                 | Actions::CHANGE_FROM
                 | Actions::CHANGE_BODY
                 | Actions::QUARANTINE,
-            stages: StageSet::ALL.without(MStage::Data).without(MStage::Unknown),
+            stages: (self.stages)(),
             replies: StageSet::ALL.without(MStage::Header),
             ..Needs::default()
         }
     }
 
     async fn connect(&mut self, _cx: &Context<'_>, client: &Connect) -> Action {
-        action(&self.runner.run(Event::Connect {
-            hostname: text(&client.hostname),
-            address: text(&client.address),
-            port: client.port,
-        }))
+        action(
+            &self
+                .run(Event::Connect {
+                    hostname: text(&client.hostname),
+                    address: text(&client.address),
+                    port: client.port,
+                })
+                .await,
+        )
     }
 
     async fn helo(&mut self, _cx: &Context<'_>, name: &Bytes) -> Action {
-        action(&self.runner.run(Event::Helo(text(name))))
+        action(&self.run(Event::Helo(text(name))).await)
     }
 
     async fn mail(&mut self, _cx: &Context<'_>, from: &Envelope) -> Action {
         self.headers.clear();
-        action(&self.runner.run(Event::MailFrom {
-            address: text(&from.address),
-            args: from.args.iter().map(|a| text(a)).collect(),
-        }))
+        action(
+            &self
+                .run(Event::MailFrom {
+                    address: text(&from.address),
+                    args: from.args.iter().map(|a| text(a)).collect(),
+                })
+                .await,
+        )
     }
 
     async fn rcpt(&mut self, _cx: &Context<'_>, to: &Envelope) -> Action {
-        action(&self.runner.run(Event::Rcpt {
-            address: text(&to.address),
-            args: to.args.iter().map(|a| text(a)).collect(),
-        }))
+        action(
+            &self
+                .run(Event::Rcpt {
+                    address: text(&to.address),
+                    args: to.args.iter().map(|a| text(a)).collect(),
+                })
+                .await,
+        )
     }
 
     async fn header(&mut self, _cx: &Context<'_>, name: &Bytes, value: &Bytes) -> Action {
@@ -230,47 +347,138 @@ impl Milter for ChainMilter {
 
     async fn eoh(&mut self, _cx: &Context<'_>) -> Action {
         let headers = std::mem::take(&mut self.headers);
-        let outcome = self.runner.run(Event::Headers(headers));
+        let outcome = self.run(Event::Headers(headers)).await;
         if outcome.verdict.is_final() {
             return action(&outcome);
         }
-        action(&self.runner.run(Event::EndOfHeaders))
+        action(&self.run(Event::EndOfHeaders).await)
     }
 
     async fn body(&mut self, _cx: &Context<'_>, chunk: &Bytes) -> Action {
-        action(&self.runner.run(Event::Body(chunk.to_vec())))
+        action(&self.run(Event::Body(chunk.to_vec())).await)
     }
 
     async fn eom(&mut self, _cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
-        let outcome = self.runner.run(Event::EndOfMessage);
+        let outcome = self.run(Event::EndOfMessage).await;
         let verdict = action(&outcome);
         edits.extend(outcome.edits.into_iter().map(modification));
         if let Some(reason) = outcome.quarantine {
             edits.push(Modification::Quarantine(Bytes::from(reason)));
         }
-        self.runner.end_transaction();
+        self.end_transaction().await;
         verdict
     }
 
     async fn abort(&mut self, _cx: &Context<'_>) {
         self.headers.clear();
-        self.runner.end_transaction();
+        self.end_transaction().await;
     }
+}
+
+/// The stages a chain of plugins needs from Postfix: what the plugins subscribed to, plus
+/// MAIL (transaction boundaries), RCPT when per-domain chains exist (they join at RCPT),
+/// the header and body stages for whole-message plugins, and end of message (always: edits
+/// and quarantine are sent there).
+pub fn needed_stages(
+    host: &PluginHost,
+    chain: &[String],
+    domains: &BTreeMap<String, Vec<String>>,
+) -> StageSet {
+    let mut set = StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom);
+    if !domains.is_empty() {
+        set = set.with(MStage::Rcpt);
+    }
+    let names = chain.iter().chain(domains.values().flatten());
+    for name in names {
+        let Some(plugin) = host.get(name) else {
+            continue;
+        };
+        let Some((stages, body)) = plugin.milter_description() else {
+            continue;
+        };
+        for s in stages {
+            set = set.with(milter_stage(*s));
+            if *s == super::chain::Stage::Headers {
+                set = set.with(MStage::Eoh);
+            }
+        }
+        if matches!(body, BodyMode::Whole(_)) {
+            set = set
+                .with(MStage::Header)
+                .with(MStage::Eoh)
+                .with(MStage::Body);
+        }
+    }
+    set
 }
 
 /// Binds `[milter] listen` now (so a bad address fails start-up, and the socket exists
 /// once `serve` says it is serving) and returns the future that serves until `shutdown`
-/// turns true.
+/// turns true. `host` must have loaded every plugin the chains name (start-up checks it).
 pub async fn start(
     section: MilterSection,
+    host: Option<Arc<PluginHost>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<crate::serve::ServiceFuture> {
-    if !section.chain.is_empty() || !section.domains.is_empty() {
-        anyhow::bail!(
-            "[milter] chain/domains name plugins, but this build cannot load plugins yet \
-             (the plugin host is not implemented); remove them to run the milter without plugins"
-        );
-    }
+    let domains: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
+        section
+            .domains
+            .iter()
+            .map(|(d, c)| {
+                (
+                    d.trim_end_matches('.').to_ascii_lowercase(),
+                    c.chain.clone(),
+                )
+            })
+            .collect(),
+    );
+    let names: Vec<&String> = section
+        .chain
+        .iter()
+        .chain(domains.values().flatten())
+        .collect();
+    let (chains, stages, plugins): (ChainFactory, StageNeeds, bool) = match &host {
+        Some(host) if !names.is_empty() => {
+            for name in &names {
+                let plugin = host.get(name).with_context(|| {
+                    format!("[milter] uses plugin `{name}`, which is not loaded")
+                })?;
+                if plugin.milter_description().is_none() {
+                    anyhow::bail!(
+                        "[milter] uses plugin `{name}` ({}), which is a `{}` plugin, not milter-filter",
+                        plugin.file.display(),
+                        plugin.world
+                    );
+                }
+            }
+            let chain = Arc::new(section.chain.clone());
+            let (h, c, d) = (host.clone(), chain.clone(), domains.clone());
+            let chains: ChainFactory = Arc::new(move || {
+                let global: Vec<Box<dyn super::chain::StagePlugin>> = c
+                    .iter()
+                    .filter_map(|n| WasmFilter::new(h.clone(), n, None))
+                    .map(|p| Box::new(p) as Box<dyn super::chain::StagePlugin>)
+                    .collect();
+                ChainRunner::new(
+                    global,
+                    Box::new(HostDomainChains::new(h.clone(), d.clone())),
+                )
+            });
+            let (h, c, d) = (host.clone(), chain, domains.clone());
+            let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &d));
+            (chains, stages, true)
+        }
+        _ => {
+            if !names.is_empty() {
+                anyhow::bail!("[milter] names plugins but no plugin host was started");
+            }
+            let chains: ChainFactory =
+                Arc::new(|| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
+            let stages: StageNeeds =
+                Arc::new(|| StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom));
+            (chains, stages, false)
+        }
+    };
     let spec: SocketSpec = section
         .listen
         .parse()
@@ -285,7 +493,7 @@ pub async fn start(
     let listener = Listener::bind(&spec, mode)
         .await
         .with_context(|| format!("binding milter listener {spec}"))?;
-    info!(listen = %listener.local_spec().map(|s| s.to_string()).unwrap_or_default(), "milter listening");
+    info!(listen = %listener.local_spec().map(|s| s.to_string()).unwrap_or_default(), plugins = names.len(), "milter listening");
     let config = ServerConfig {
         max_frame: section.max_packet as usize,
         idle_timeout: section.idle_timeout,
@@ -295,11 +503,14 @@ pub async fn start(
         progress_interval: section.progress_interval,
         quickack: true,
     };
-    let chains: ChainFactory = Arc::new(|| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
     Ok(Box::pin(async move {
         serve(
             listener,
-            Arc::new(ServiceFactory { chains }),
+            Arc::new(ServiceFactory {
+                chains,
+                stages,
+                plugins,
+            }),
             config,
             shutdown,
         )

@@ -150,3 +150,49 @@ impl Drop for Serve {
         }
     }
 }
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static PLUGINS_BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+
+/// Directory of the built plugin components (`target/plugins/*.wasm`). They are built by
+/// `scripts/build-plugins.sh` (which `scripts/test.sh` runs first); if they are missing,
+/// the first test that needs them runs the script once for the whole test binary.
+pub fn plugins_dir() -> PathBuf {
+    PLUGINS_BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("target/plugins");
+            let wanted = ["noop", "stamp", "faulty"];
+            if wanted
+                .iter()
+                .all(|n| dir.join(format!("{n}.wasm")).is_file())
+            {
+                return Ok(dir);
+            }
+            let status = std::process::Command::new("bash")
+                .arg(repo_root().join("scripts/build-plugins.sh"))
+                .status()
+                .map_err(|e| format!("running scripts/build-plugins.sh: {e}"))?;
+            if !status.success() {
+                return Err(format!("scripts/build-plugins.sh failed: {status}"));
+            }
+            Ok(dir)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of the built plugin `name` (`target/plugins/<name>.wasm`); panics with a clear
+/// message when it was not built.
+pub fn plugin(name: &str) -> PathBuf {
+    let p = plugins_dir().join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-plugins.sh",
+        p.display()
+    );
+    p
+}

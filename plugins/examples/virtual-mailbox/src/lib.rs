@@ -1,0 +1,128 @@
+//! `virtual-mailbox`: answers Postfix's `virtual_mailbox_domains` and `virtual_mailbox_maps`
+//! lookups from the plugin's settings (world `table`). See README.md.
+
+use wasmail_plugin_sdk::addr;
+use wasmail_plugin_sdk::table::prelude::*;
+
+const DOMAINS_TABLE: &str = "virtual_mailbox_domains";
+const MAPS_TABLE: &str = "virtual_mailbox_maps";
+
+struct VirtualMailbox;
+
+impl Table for VirtualMailbox {
+    fn describe() -> Description {
+        Description::new(
+            "virtual-mailbox",
+            env!("CARGO_PKG_VERSION"),
+            &[DOMAINS_TABLE, MAPS_TABLE],
+        )
+    }
+
+    fn lookup(table: String, key: Key) -> Answer {
+        let directory = Directory::new(
+            &config::get_list_or("domains", ""),
+            &config::get_list_or("mailboxes", ""),
+        );
+        directory.lookup(&table, &key.folded)
+    }
+}
+
+wasmail_plugin_sdk::export_table!(VirtualMailbox);
+
+/// The configured domains and mailboxes, lower case.
+struct Directory {
+    domains: Vec<String>,
+    mailboxes: Vec<String>,
+}
+
+impl Directory {
+    fn new(domains: &[String], mailboxes: &[String]) -> Directory {
+        Directory {
+            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            mailboxes: mailboxes.iter().map(|m| addr::normalize(m)).collect(),
+        }
+    }
+
+    /// Answers one lookup.
+    fn lookup(&self, table: &str, key: &str) -> Answer {
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Answer::perm(format!("invalid lookup key {key:?}"));
+        }
+        let key = key.to_ascii_lowercase();
+        match table {
+            DOMAINS_TABLE if self.domains.contains(&key) => Answer::found("OK"),
+            MAPS_TABLE if self.mailboxes.contains(&key) => match maildir(&key) {
+                Some(path) => Answer::Found(path),
+                None => Answer::NotFound,
+            },
+            _ => Answer::NotFound,
+        }
+    }
+}
+
+/// The maildir path of an address relative to the virtual mailbox base: `<domain>/<local>/`.
+fn maildir(address: &str) -> Option<String> {
+    let domain = addr::domain(address)?;
+    let local = addr::local_part(address);
+    if local.is_empty() || local.contains('/') || domain.contains('/') || local.starts_with('.') {
+        return None;
+    }
+    Some(format!("{domain}/{local}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Directory {
+        Directory::new(
+            &["example.com".into(), "Example.NET".into()],
+            &["alice@example.com".into(), "<Bob@Example.net>".into()],
+        )
+    }
+
+    #[test]
+    fn domains() {
+        let d = dir();
+        assert_eq!(d.lookup(DOMAINS_TABLE, "example.com"), Answer::found("OK"));
+        assert_eq!(d.lookup(DOMAINS_TABLE, "example.net"), Answer::found("OK"));
+        assert_eq!(d.lookup(DOMAINS_TABLE, "example.org"), Answer::NotFound);
+        assert_eq!(
+            d.lookup(DOMAINS_TABLE, "alice@example.com"),
+            Answer::NotFound
+        );
+    }
+
+    #[test]
+    fn mailboxes() {
+        let d = dir();
+        assert_eq!(
+            d.lookup(MAPS_TABLE, "alice@example.com"),
+            Answer::found("example.com/alice/")
+        );
+        assert_eq!(
+            d.lookup(MAPS_TABLE, "bob@example.net"),
+            Answer::found("example.net/bob/")
+        );
+        assert_eq!(d.lookup(MAPS_TABLE, "carol@example.com"), Answer::NotFound);
+        assert_eq!(d.lookup(MAPS_TABLE, "@example.com"), Answer::NotFound);
+        assert_eq!(d.lookup(MAPS_TABLE, "example.com"), Answer::NotFound);
+    }
+
+    #[test]
+    fn bad_keys_and_tables() {
+        let d = dir();
+        assert!(matches!(d.lookup(MAPS_TABLE, ""), Answer::Perm(_)));
+        assert!(matches!(d.lookup(DOMAINS_TABLE, "a b"), Answer::Perm(_)));
+        assert!(matches!(d.lookup(MAPS_TABLE, "a@b\t"), Answer::Perm(_)));
+        assert_eq!(d.lookup("other_table", "example.com"), Answer::NotFound);
+    }
+
+    #[test]
+    fn maildir_paths() {
+        assert_eq!(maildir("a@b.c").as_deref(), Some("b.c/a/"));
+        assert_eq!(maildir("../x@b.c"), None);
+        assert_eq!(maildir("a@b/c"), None);
+        assert_eq!(maildir("nodomain"), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Capability `config`: the plugin's own settings from `[plugin.NAME.settings]`.
+//!
+//! Needs the `config` grant. The host passes TOML strings as they are and other values in
+//! TOML syntax (`60`, `true`, `["a", "b"]`); the typed getters here accept both forms where
+//! it makes sense (e.g. a list may be `"a, b"` or `["a", "b"]`).
+
+use std::str::FromStr;
+
+use crate::milter::wasmail::plugin::config as raw;
+
+/// The value of setting `key` as text, if set.
+pub fn get(key: &str) -> Option<String> {
+    raw::get(key)
+}
+
+/// The value of setting `key`, or `default` when it is not set.
+pub fn get_or(key: &str, default: &str) -> String {
+    get(key).unwrap_or_else(|| default.to_string())
+}
+
+/// All setting names.
+pub fn keys() -> Vec<String> {
+    raw::keys()
+}
+
+/// Setting `key` parsed with [`FromStr`] (surrounding whitespace and TOML quotes removed);
+/// `default` when it is not set **or does not parse**.
+pub fn get_parsed_or<T: FromStr>(key: &str, default: T) -> T {
+    get(key)
+        .and_then(|v| unquote(v.trim()).parse().ok())
+        .unwrap_or(default)
+}
+
+/// Setting `key` as a boolean (see [`parse_bool`]); `default` when it is not set or is not a
+/// boolean.
+pub fn get_bool_or(key: &str, default: bool) -> bool {
+    get(key).and_then(|v| parse_bool(&v)).unwrap_or(default)
+}
+
+/// Setting `key` as a list (see [`parse_list`]), or `None` when it is not set.
+pub fn get_list(key: &str) -> Option<Vec<String>> {
+    get(key).map(|v| parse_list(&v))
+}
+
+/// Setting `key` as a list (see [`parse_list`]); `default` (also parsed as a list) when it is
+/// not set.
+pub fn get_list_or(key: &str, default: &str) -> Vec<String> {
+    parse_list(&get(key).unwrap_or_else(|| default.to_string()))
+}
+
+/// Parses a boolean: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0` (ASCII case ignored,
+/// TOML quotes allowed).
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match unquote(value.trim()).to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a list: either comma-separated text (`exe, scr,bat`) or a TOML array of strings
+/// (`["exe", "scr"]`). Items are trimmed and unquoted; empty items are dropped. Commas
+/// inside quoted items are not supported.
+pub fn parse_list(value: &str) -> Vec<String> {
+    let value = value.trim();
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    inner
+        .split(',')
+        .map(|item| unquote(item.trim()).trim())
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes one pair of surrounding TOML quotes (`"..."` or `'...'`), if present.
+fn unquote(value: &str) -> &str {
+    for q in ['"', '\''] {
+        if let Some(inner) = value.strip_prefix(q).and_then(|v| v.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists() {
+        assert_eq!(parse_list("exe, scr,,bat "), ["exe", "scr", "bat"]);
+        assert_eq!(
+            parse_list(r#"["exe", 'scr' ,"bat"]"#),
+            ["exe", "scr", "bat"]
+        );
+        assert_eq!(parse_list("[]"), Vec::<String>::new());
+        assert_eq!(parse_list(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bools() {
+        assert_eq!(parse_bool("true"), Some(true));
+        assert_eq!(parse_bool(" No "), Some(false));
+        assert_eq!(parse_bool("\"on\""), Some(true));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn unquoting() {
+        assert_eq!(unquote("\"60\""), "60");
+        assert_eq!(unquote("60"), "60");
+        assert_eq!(unquote("\""), "\"");
+    }
+}

@@ -1,0 +1,144 @@
+//! One-shot calls for the request/event worlds (`table`, `policy`, `mail-hook`): a fresh
+//! store and instance per request, the call deadline, failure classification, counters
+//! and the breaker. The services map a [`FailureKind`] to their protocol's temporary
+//! answer according to the plugin's `on_error`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tracing::{error, warn};
+
+use super::bindings::hook::exports::wasmail::plugin::hook as whook;
+use super::bindings::policy::exports::wasmail::plugin::access as waccess;
+use super::bindings::table::exports::wasmail::plugin::lookup as wlookup;
+use super::breaker::{FailureKind, Tripped};
+use super::plugin::{LoadedPlugin, Pre, new_store};
+use super::set::PluginHost;
+use super::state::HostState;
+
+pub use waccess::Action as PolicyAction;
+pub use whook::{Decision as HookDecision, Event as HookEvent, Session as HookSession};
+pub use wlookup::Answer as LookupAnswer;
+
+/// A failed call: which plugin version, and why.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The plugin version that failed (its `on_error` decides what the service answers);
+    /// None when no plugin of that name is loaded.
+    pub plugin: Option<Arc<LoadedPlugin>>,
+    /// Why.
+    pub kind: FailureKind,
+}
+
+fn fail(plugin: &Arc<LoadedPlugin>, what: &str, kind: FailureKind) -> CallError {
+    if !matches!(kind, FailureKind::BreakerOpen) {
+        plugin.counters.count(&kind);
+        if let Tripped::Opened(period) = plugin.breaker.record_failure(Instant::now()) {
+            warn!(
+                plugin = %plugin.meta.name, version = %plugin.meta.version,
+                open_secs = period.as_secs_f64(),
+                "circuit breaker opened: plugin version skipped (on_error applies)"
+            );
+        }
+    } else {
+        plugin.counters.count(&kind);
+    }
+    error!(
+        plugin = %plugin.meta.name, version = %plugin.meta.version, stage = what,
+        kind = kind.label(), detail = %kind, on_error = ?plugin.on_error,
+        "plugin failed"
+    );
+    CallError {
+        plugin: Some(plugin.clone()),
+        kind,
+    }
+}
+
+fn once<R>(
+    host: &PluginHost,
+    name: &str,
+    domain: Option<&str>,
+    what: &str,
+    f: impl FnOnce(&Pre, &mut wasmtime::Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    let plugin = host.get(name).ok_or_else(|| CallError {
+        plugin: None,
+        kind: FailureKind::Instantiate(format!("plugin `{name}` is not loaded")),
+    })?;
+    if !plugin.breaker.allows(Instant::now()) {
+        return Err(fail(&plugin, what, FailureKind::BreakerOpen));
+    }
+    let mut store = new_store(host.engine(), &plugin.meta, host.services().clone(), domain);
+    match f(&plugin.pre, &mut store) {
+        Ok(r) => {
+            plugin.counters.instances.fetch_add(1, Ordering::Relaxed);
+            plugin.counters.calls.fetch_add(1, Ordering::Relaxed);
+            plugin.breaker.record_success();
+            Ok(r)
+        }
+        Err(e) => Err(fail(&plugin, what, FailureKind::classify(&e))),
+    }
+}
+
+fn wrong_world(what: &str) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("plugin is not a {what} plugin"))
+}
+
+/// Looks `key` up in `table` through table plugin `name`.
+pub fn lookup(
+    host: &PluginHost,
+    name: &str,
+    domain: Option<&str>,
+    table: &str,
+    folded: &str,
+    original: &str,
+) -> Result<LookupAnswer, CallError> {
+    once(host, name, domain, "lookup", |pre, store| {
+        let Pre::Table(p) = pre else {
+            return Err(wrong_world("table"));
+        };
+        let inst = p.instantiate(&mut *store)?;
+        inst.wasmail_plugin_lookup().call_lookup(
+            &mut *store,
+            table,
+            &wlookup::Key {
+                folded: folded.to_string(),
+                original: original.to_string(),
+            },
+        )
+    })
+}
+
+/// Runs policy plugin `name` on one policy request's attributes.
+pub fn policy(
+    host: &PluginHost,
+    name: &str,
+    domain: Option<&str>,
+    attributes: &[(String, String)],
+) -> Result<PolicyAction, CallError> {
+    once(host, name, domain, "policy", |pre, store| {
+        let Pre::Policy(p) = pre else {
+            return Err(wrong_world("policy"));
+        };
+        let inst = p.instantiate(&mut *store)?;
+        inst.wasmail_plugin_access()
+            .call_check(&mut *store, attributes)
+    })
+}
+
+/// Runs hook plugin `name` on one event.
+pub fn hook(
+    host: &PluginHost,
+    name: &str,
+    domain: Option<&str>,
+    event: &HookEvent,
+) -> Result<HookDecision, CallError> {
+    once(host, name, domain, "hook", |pre, store| {
+        let Pre::Hook(p) = pre else {
+            return Err(wrong_world("mail-hook"));
+        };
+        let inst = p.instantiate(&mut *store)?;
+        inst.wasmail_plugin_hook().call_on_event(&mut *store, event)
+    })
+}
