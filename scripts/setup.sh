@@ -14,7 +14,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates openssl sqlite3 iproute2 procps
   postfix swaks miltertest libmilter-dev python3-milter
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  protobuf-compiler
+  protobuf-compiler python3 python3-venv python3-pip
 )
 
 missing=()
@@ -47,7 +47,6 @@ if [ "${1:-}" = "--deps" ]; then
 fi
 
 cargo build --release --locked
-if [ -x scripts/build-plugins.sh ]; then
-  scripts/build-plugins.sh
-fi
+scripts/build-plugins.sh
+scripts/build-python-plugins.sh
 echo "setup: done; binary at target/release/wasmail"

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --deps
-if [ -x scripts/build-plugins.sh ]; then
-  scripts/build-plugins.sh
-fi
+# Test plugins are compiled once per run, before any test needs them.
+scripts/build-plugins.sh --test
+scripts/build-python-plugins.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast -- --show-output --test-threads="${WASMAIL_TEST_THREADS:-2}" 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}

@@ -6,6 +6,7 @@ mod host;
 mod lookup;
 mod milter_libmilter;
 mod milter_miltertest;
+mod milter_postfix;
 mod milter_service;
 mod serve;
 mod support;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod postfix;
+
 use std::path::PathBuf;
 
 /// Path of the `wasmail` binary built by cargo for this test run.

@@ -1,0 +1,332 @@
+//! End to end with real Postfix (Debian 3.7): a private Postfix instance whose
+//! `smtpd_milters` (the tested block of docs/postfix.md) points at a `wasmail serve` running
+//! real plugins; mail is sent with swaks and smtp-source, and checked in the delivered
+//! Maildirs and Postfix's queues. Needs root, postfix and swaks (CI has them).
+
+use std::time::Duration;
+
+use crate::support::postfix::Postfix;
+use crate::support::{self, Serve};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn prerequisites(test: &str) -> bool {
+    support::require_root(test)
+        && support::require_program(test, "postfix")
+        && support::require_program(test, "swaks")
+}
+
+/// Starts `wasmail serve` with `[milter] chain` and the given `[plugin.*]` tables
+/// (`{plugins}` = built plugins dir, `{dir}` = wasmail's temp dir), then Postfix pointing
+/// at it.
+fn start(chain: &[&str], plugins: &str) -> (Serve, Postfix) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let chain_list = chain
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        r#"
+[server]
+shutdown_grace = "5s"
+
+[milter]
+listen = "unix:{{dir}}/milter.sock"
+socket_mode = "0666"
+chain = [{chain_list}]
+
+[plugins]
+dir = "{{dir}}/plugins"
+
+{plugins}
+"#
+    )
+    .replace("{plugins}", support::plugins_dir().to_str().unwrap());
+    let serve = Serve::start_in(dir, &config);
+    let socket = serve.dir.path().join("milter.sock");
+    let postfix = Postfix::start(&format!("unix:{}", socket.display()), "");
+    (serve, postfix)
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn postfix_delivers_a_header_added_by_a_plugin() {
+    if !prerequisites("postfix_delivers_a_header_added_by_a_plugin") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["stamp"],
+        "[plugin.stamp]\nfile = \"{plugins}/stamp.wasm\"\n[plugin.stamp.settings]\nvalue = \"e2e\"\n",
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let got = pf.wait_delivered("bob", 1, WAIT);
+    assert_eq!(
+        header(&got[0], "X-Wasmail-Stamp"),
+        Some("e2e"),
+        "{}",
+        got[0]
+    );
+    let seen = header(&got[0], "X-Wasmail-Seen").unwrap();
+    assert!(seen.starts_with("connect,helo,mail-from,rcpt"), "{seen}");
+}
+
+#[test]
+fn postfix_client_sees_the_plugins_reject_and_tempfail_replies() {
+    if !prerequisites("postfix_client_sees_the_plugins_reject_and_tempfail_replies") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["rejecter", "deferrer"],
+        r#"
+[plugin.rejecter]
+file = "{plugins}/stamp.wasm"
+[plugin.rejecter.settings]
+verdict_at = "end-of-headers"
+verdict = "reject"
+reject_rcpt = "carol@example.com"
+[plugin.deferrer]
+file = "{plugins}/stamp.wasm"
+[plugin.deferrer.settings]
+verdict_at = "mail-from"
+verdict = "tempfail"
+"#,
+    );
+    // The second plugin tempfails at MAIL FROM (the first continues there).
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("451 4.7.1 stamp: tempfail at mail-from"),
+        "{out}"
+    );
+    assert!(pf.delivered("bob").is_empty());
+}
+
+#[test]
+fn postfix_client_sees_a_reject_with_the_plugins_text() {
+    if !prerequisites("postfix_client_sees_a_reject_with_the_plugins_text") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["rejecter"],
+        r#"
+[plugin.rejecter]
+file = "{plugins}/stamp.wasm"
+[plugin.rejecter.settings]
+verdict_at = "end-of-headers"
+verdict = "reject"
+reject_rcpt = "carol@example.com"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["carol@example.com", "bob@example.com"],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("550 5.1.1"), "carol refused at RCPT: {out}");
+    assert!(
+        out.contains("550 5.7.1 stamp: reject at end-of-headers"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pf.delivered("bob").is_empty());
+}
+
+#[test]
+fn postfix_applies_body_replacement_recipient_changes_and_quarantine() {
+    if !prerequisites("postfix_applies_body_replacement_recipient_changes_and_quarantine") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["editor"],
+        r#"
+[plugin.editor]
+file = "{plugins}/stamp.wasm"
+[plugin.editor.settings]
+replace_body = "Replaced by a wasm plugin.\n"
+add_rcpt = "<carol@example.com>"
+delete_rcpt = "<bob@example.com>"
+change_subject = "Edited"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &["--header", "Subject: Original"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let got = pf.wait_delivered("carol", 1, WAIT);
+    assert!(got[0].contains("Replaced by a wasm plugin."), "{}", got[0]);
+    assert!(
+        !got[0].contains("This is a test mailing"),
+        "old body gone: {}",
+        got[0]
+    );
+    assert_eq!(header(&got[0], "Subject"), Some("Edited"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pf.delivered("bob").is_empty(),
+        "bob was deleted as a recipient"
+    );
+}
+
+#[test]
+fn postfix_puts_a_quarantined_message_on_hold() {
+    if !prerequisites("postfix_puts_a_quarantined_message_on_hold") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["quarantiner"],
+        r#"
+[plugin.quarantiner]
+file = "{plugins}/stamp.wasm"
+[plugin.quarantiner.settings]
+verdict_at = "end-of-headers"
+verdict = "quarantine"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "accepted into the hold queue: {out}");
+    pf.wait_queue("hold", 1, WAIT);
+    assert!(pf.delivered("bob").is_empty());
+}
+
+#[test]
+fn failing_plugin_tempfails_then_hot_reload_delivers_the_queued_mail() {
+    if !prerequisites("failing_plugin_tempfails_then_hot_reload_delivers_the_queued_mail") {
+        return;
+    }
+    let plugins = support::plugins_dir();
+    // policy.wasm starts as the faulty plugin (traps at end of message, on_error = tempfail).
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let live = dir.path().join("plugins/policy.wasm");
+    std::fs::copy(plugins.join("faulty.wasm"), &live).unwrap();
+    let config = r#"
+[server]
+shutdown_grace = "5s"
+[milter]
+listen = "unix:{dir}/milter.sock"
+socket_mode = "0666"
+chain = ["policy"]
+[plugins]
+dir = "{dir}/plugins"
+[plugin.policy]
+file = "policy.wasm"
+on_error = "tempfail"
+[plugin.policy.settings]
+mode = "trap"
+value = "recovered"
+"#;
+    let mut serve = Serve::start_in(dir, config);
+    let socket = serve.dir.path().join("milter.sock");
+    let pf = Postfix::start(&format!("unix:{}", socket.display()), "");
+    // Sent through the queueing listener: Postfix accepts, then its smtp client hands the
+    // message to the milter-protected listener and gets 4xx; the message stays deferred.
+    let sent = 3;
+    for i in 0..sent {
+        let (code, out) = pf.swaks(
+            pf.queue_port,
+            "alice@example.org",
+            &["bob@example.com"],
+            &["--header", &format!("Subject: queued {i}")],
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    pf.wait_queue("deferred", sent, WAIT);
+    assert!(
+        pf.log().contains("4.3.0"),
+        "the deferral carries the plugin tempfail:\n{}",
+        pf.log()
+    );
+    assert!(pf.delivered("bob").is_empty());
+    assert!(serve.log_text().contains("plugin failed"));
+
+    // Replace the plugin with a working one; the watcher reloads it.
+    let tmp = serve.dir.path().join("plugins/policy.tmp");
+    std::fs::copy(plugins.join("stamp.wasm"), &tmp).unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
+    serve.wait_for_log("plugin loaded", WAIT);
+    serve.wait_for_log("plugin directory reloaded", WAIT);
+    pf.flush();
+    let got = pf.wait_delivered("bob", sent, WAIT);
+    assert_eq!(got.len(), sent, "sent == delivered");
+    for m in &got {
+        assert_eq!(header(m, "X-Wasmail-Stamp"), Some("recovered"), "{m}");
+    }
+    pf.wait_queue("deferred", 0, WAIT);
+}
+
+#[test]
+fn two_hundred_messages_over_ten_connections_through_the_example_plugins() {
+    let test = "two_hundred_messages_over_ten_connections_through_the_example_plugins";
+    if !prerequisites(test) || !support::require_program(test, "smtp-source") {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["tag", "attachments", "stamp"],
+        r#"
+[plugin.tag]
+file = "{plugins}/subject-tag.wasm"
+grants = ["config"]
+[plugin.attachments]
+file = "{plugins}/attachment-block.wasm"
+grants = ["message", "config", "log"]
+[plugin.stamp]
+file = "{plugins}/stamp.wasm"
+[plugin.stamp.settings]
+value = "load"
+"#,
+    );
+    let out = std::process::Command::new(support::which("smtp-source").unwrap())
+        .args(["-s", "10", "-m", "200", "-l", "2048", "-c"])
+        .args(["-f", "alice@example.org", "-t", "bob@example.com"])
+        .arg(format!("127.0.0.1:{}", pf.filter_port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = pf.wait_delivered("bob", 200, Duration::from_secs(180));
+    assert_eq!(got.len(), 200, "no message lost");
+    for m in &got {
+        assert_eq!(header(m, "X-Wasmail-Stamp"), Some("load"));
+    }
+    assert_eq!(pf.queue_count("deferred"), 0);
+}

@@ -1,0 +1,295 @@
+//! A private Postfix instance for end-to-end tests (root only, loopback only).
+//!
+//! Layout: everything under one temp dir (config, queue, data, Maildirs, log). Two SMTP
+//! listeners on 127.0.0.1:
+//! - `filter_port`: smtpd with the milter (the `smtpd_milters` line of docs/postfix.md's
+//!   tested block, pointed at the wasmail socket); mail for example.com is delivered by
+//!   Postfix's `virtual` agent into Maildirs under `<dir>/mail/example.com/<user>/`.
+//! - `queue_port`: smtpd without a milter whose mail goes through the queue to the filter
+//!   port (`content_filter = smtp:[127.0.0.1]:filter_port`), so a 4xx from the milter leaves
+//!   the message in this instance's deferred queue, to be retried on flush — the situation a
+//!   real sending MTA is in.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The main.cf block marked `<!-- tested: NAME -->` in docs/postfix.md.
+pub fn docs_block(name: &str) -> String {
+    let text = std::fs::read_to_string(super::repo_root().join("docs/postfix.md")).unwrap();
+    let marker = format!("<!-- tested: {name} -->");
+    let start = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/postfix.md has no {marker}"));
+    let rest = &text[start..];
+    let open = rest
+        .find("```main.cf\n")
+        .expect("fenced main.cf block after marker")
+        + 11;
+    let close = rest[open..].find("```").expect("closing fence") + open;
+    rest[open..close].to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running private Postfix; stopped on drop.
+pub struct Postfix {
+    /// Temp dir holding everything.
+    pub dir: tempfile::TempDir,
+    /// Config directory (`postfix -c`).
+    pub etc: PathBuf,
+    /// Queue directory.
+    pub spool: PathBuf,
+    /// smtpd with the milter.
+    pub filter_port: u16,
+    /// smtpd without milter, queueing to the filter port.
+    pub queue_port: u16,
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Postfix {
+    /// Starts Postfix with the docs' milter block, `smtpd_milters` pointing at `milter`
+    /// (e.g. `unix:/tmp/x/milter.sock`), plus `extra` main.cf lines. Mailboxes:
+    /// bob, carol, dave @example.com.
+    pub fn start(milter: &str, extra: &str) -> Postfix {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        chmod(&root, 0o755);
+        let etc = root.join("etc");
+        let spool = root.join("spool");
+        let data = root.join("data");
+        let mail = root.join("mail");
+        for d in [&etc, &spool, &data, &mail] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        run(Command::new("chown").args(["postfix"]).arg(&data));
+        run(Command::new("chown").args(["nobody:nogroup"]).arg(&mail));
+        let (filter_port, queue_port) = (free_port(), free_port());
+        let dist = std::fs::read_to_string("/usr/share/postfix/master.cf.dist").unwrap();
+        let mut master = String::new();
+        for line in dist.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if line.starts_with(|c: char| c.is_ascii_lowercase()) && fields.len() >= 8 {
+                if fields[0] == "smtp" && fields[1] == "inet" {
+                    continue;
+                }
+                // Unchrooted (column 5 = n), so socket paths are the same for everyone.
+                let mut f = fields.clone();
+                f[4] = "n";
+                master.push_str(&f.join(" "));
+                master.push('\n');
+            } else {
+                master.push_str(line);
+                master.push('\n');
+            }
+        }
+        master.push_str(&format!(
+            "127.0.0.1:{filter_port} inet n - n - - smtpd\n  -o content_filter=\n  -o myhostname=filter.wasmail.test\n\
+             127.0.0.1:{queue_port} inet n - n - - smtpd\n  -o smtpd_milters=\n  -o content_filter=smtp:[127.0.0.1]:{filter_port}\n"
+        ));
+        std::fs::write(etc.join("master.cf"), master).unwrap();
+        let docs = docs_block("milter").replace("unix:/run/wasmail/milter.sock", milter);
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {spool}\n\
+             data_directory = {data}\n\
+             command_directory = /usr/sbin\n\
+             daemon_directory = /usr/lib/postfix/sbin\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = mx.wasmail.test\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             mynetworks = 127.0.0.0/8\n\
+             mydestination =\n\
+             local_transport = error:5.1.1 no local delivery\n\
+             alias_maps =\n\
+             local_recipient_maps =\n\
+             virtual_mailbox_domains = example.com\n\
+             virtual_mailbox_maps = texthash:{etc}/vmailbox\n\
+             virtual_mailbox_base = {mail}\n\
+             virtual_uid_maps = static:65534\n\
+             virtual_gid_maps = static:65534\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             smtp_dns_support_level = disabled\n\
+             maillog_file = {root}/postfix.log\n\
+             maillog_file_prefixes = /var, {root}\n\
+             smtputf8_enable = no\n\
+             minimal_backoff_time = 300s\n\
+             maximal_backoff_time = 600s\n\
+             queue_run_delay = 300s\n\
+             default_process_limit = 50\n\
+             {docs}\n{extra}\n",
+            spool = spool.display(),
+            data = data.display(),
+            etc = etc.display(),
+            mail = mail.display(),
+            root = root.display(),
+        );
+        std::fs::write(etc.join("main.cf"), main_cf).unwrap();
+        std::fs::write(
+            etc.join("vmailbox"),
+            "bob@example.com example.com/bob/\ncarol@example.com example.com/carol/\ndave@example.com example.com/dave/\n",
+        )
+        .unwrap();
+        run(Command::new("postfix").arg("-c").arg(&etc).arg("start"));
+        let pf = Postfix {
+            dir,
+            etc,
+            spool,
+            filter_port,
+            queue_port,
+        };
+        pf.wait_listening(filter_port);
+        pf.wait_listening(queue_port);
+        pf
+    }
+
+    fn wait_listening(&self, port: u16) {
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "postfix did not listen on {port}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Postfix's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postfix.log")).unwrap_or_default()
+    }
+
+    /// Sends one message with swaks to `port`; returns (exit status, transcript).
+    pub fn swaks(&self, port: u16, from: &str, to: &[&str], extra: &[&str]) -> (i32, String) {
+        let mut cmd = Command::new("swaks");
+        cmd.args(["--server", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--from", from, "--to", &to.join(",")])
+            .args(["--helo", "client.wasmail.test", "--timeout", "60"])
+            .args(extra);
+        let out = cmd.output().expect("running swaks");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Messages delivered to `user@example.com`, as text, in delivery order.
+    pub fn delivered(&self, user: &str) -> Vec<String> {
+        let new = self
+            .dir
+            .path()
+            .join("mail/example.com")
+            .join(user)
+            .join("new");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until `user` has at least `n` messages; panics with the log after `timeout`.
+    pub fn wait_delivered(&self, user: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let got = self.delivered(user);
+            if got.len() >= n {
+                return got;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{user}: {} of {n} messages delivered after {timeout:?}\n{}",
+                    got.len(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Files in a queue (`hold`, `deferred`, `active`, `incoming`).
+    pub fn queue_count(&self, queue: &str) -> usize {
+        fn walk(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| {
+                            let p = e.path();
+                            if p.is_dir() { walk(&p) } else { 1 }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.spool.join(queue))
+    }
+
+    /// Waits until `queue` holds `n` messages.
+    pub fn wait_queue(&self, queue: &str, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.queue_count(queue) != n {
+            assert!(
+                start.elapsed() < timeout,
+                "{queue} queue has {} messages, expected {n}\n{}",
+                self.queue_count(queue),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `postqueue -f`: retry deferred mail now.
+    pub fn flush(&self) {
+        run(Command::new("postqueue").arg("-c").arg(&self.etc).arg("-f"));
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .output();
+        // Give master a moment to take its children down before the dir goes away.
+        std::thread::sleep(Duration::from_millis(300));
+        if std::env::var_os("WASMAIL_KEEP_POSTFIX").is_some() {
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("kept postfix dir {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+    }
+}
