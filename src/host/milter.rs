@@ -33,7 +33,7 @@ use super::caps::message::assemble;
 use super::config::OnError;
 use super::plugin::{BodyMode, LoadedPlugin, Pre, failure, new_store};
 use super::set::PluginHost;
-use super::state::HostState;
+use super::state::{HostState, SharedMacros};
 use crate::milter_service::chain::{
     DomainChains, Edit, Event, Reply, Stage, StagePlugin, StageResult, Verdict,
 };
@@ -64,6 +64,7 @@ pub struct WasmFilter {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     truncated: bool,
+    macros: Option<SharedMacros>,
 }
 
 impl std::fmt::Debug for WasmFilter {
@@ -241,7 +242,14 @@ impl WasmFilter {
             headers: Vec::new(),
             body: Vec::new(),
             truncated: false,
+            macros: None,
         })
+    }
+
+    /// Gives the plugin's instances read access to the connection's milter macros.
+    pub fn with_macros(mut self, macros: SharedMacros) -> WasmFilter {
+        self.macros = Some(macros);
+        self
     }
 
     fn body_mode(&self) -> BodyMode {
@@ -312,6 +320,7 @@ impl WasmFilter {
             self.host.services().clone(),
             self.domain.as_deref(),
         );
+        store.data_mut().macros = self.macros.clone();
         let started = Instant::now();
         let bindings = match pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -634,6 +643,7 @@ impl StagePlugin for WasmFilter {
 pub struct HostDomainChains {
     host: Arc<PluginHost>,
     chains: Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    macros: Option<SharedMacros>,
 }
 
 impl HostDomainChains {
@@ -642,7 +652,17 @@ impl HostDomainChains {
         host: Arc<PluginHost>,
         chains: Arc<std::collections::BTreeMap<String, Vec<String>>>,
     ) -> Self {
-        HostDomainChains { host, chains }
+        HostDomainChains {
+            host,
+            chains,
+            macros: None,
+        }
+    }
+
+    /// Gives the domain plugins access to the connection's milter macros.
+    pub fn with_macros(mut self, macros: SharedMacros) -> Self {
+        self.macros = Some(macros);
+        self
     }
 }
 
@@ -654,6 +674,10 @@ impl DomainChains for HostDomainChains {
                 names
                     .iter()
                     .filter_map(|n| WasmFilter::new(self.host.clone(), n, Some(domain)))
+                    .map(|p| match &self.macros {
+                        Some(m) => p.with_macros(m.clone()),
+                        None => p,
+                    })
                     .map(|p| Box::new(p) as Box<dyn StagePlugin>)
                     .collect()
             })

@@ -20,6 +20,10 @@ use super::caps::message::MessageView;
 use super::caps::send::{Outgoing, SendQueue};
 use super::config::{Capability, Limits};
 
+/// The milter macros of the current connection/message, shared between the milter
+/// handler (which refreshes it before every stage) and the plugin instances that read it.
+pub type SharedMacros = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// Services the capabilities use, shared by all instances.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
@@ -92,6 +96,8 @@ pub struct HostState {
     log_lines: u32,
     /// Log lines dropped because of the per-transaction cap.
     pub log_dropped: u32,
+    /// Milter macros (milter plugins only).
+    pub macros: Option<SharedMacros>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -130,6 +136,7 @@ impl HostState {
             message: MessageContext::default(),
             log_lines: 0,
             log_dropped: 0,
+            macros: None,
         }
     }
 
@@ -186,6 +193,34 @@ fn truncate(msg: &str, max: usize) -> Cow<'_, str> {
 }
 
 impl wit::types::Host for HostState {}
+
+fn bare(name: &str) -> &str {
+    name.strip_prefix('{')
+        .and_then(|n| n.strip_suffix('}'))
+        .unwrap_or(name)
+}
+
+impl wit::macros::Host for HostState {
+    fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        let Some(m) = &self.macros else {
+            return Ok(None);
+        };
+        let m = m.lock().unwrap_or_else(|e| e.into_inner());
+        let want = bare(&name);
+        Ok(m.iter()
+            .rev()
+            .find(|(n, _)| n == want)
+            .map(|(_, v)| v.clone()))
+    }
+
+    fn all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self
+            .macros
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default())
+    }
+}
 
 impl wit::log::Host for HostState {
     fn write(&mut self, level: wit::types::Level, message: String) -> wasmtime::Result<()> {

@@ -18,8 +18,8 @@ use wasmail_milter::net::{
     serve,
 };
 use wasmail_milter::{
-    Action, Actions, Connect, Context, Envelope, Milter, Modification, Needs, OptNeg, ReplyCode,
-    Stage as MStage, StageSet,
+    Action, Actions, Connect, Context, Envelope, MacroStage, Milter, Modification, Needs, OptNeg,
+    ReplyCode, Stage as MStage, StageSet,
 };
 
 use super::chain::{ChainRunner, Edit, Event, Header, NoDomainChains, Outcome, Reply, Verdict};
@@ -27,9 +27,11 @@ use super::config::MilterSection;
 use crate::host::milter::{HostDomainChains, WasmFilter};
 use crate::host::plugin::BodyMode;
 use crate::host::set::PluginHost;
+use crate::host::state::SharedMacros;
 
-/// Builds the chain for each new connection.
-pub type ChainFactory = Arc<dyn Fn() -> ChainRunner + Send + Sync>;
+/// Builds the chain for each new connection; the plugins read the connection's macros
+/// from the handle.
+pub type ChainFactory = Arc<dyn Fn(SharedMacros) -> ChainRunner + Send + Sync>;
 
 /// The milter stages the plugins currently loaded need (asked at every negotiation, so a
 /// reloaded plugin that wants more stages gets them from the next connection on).
@@ -54,8 +56,10 @@ impl MilterFactory for ServiceFactory {
 
     fn new_milter(&self, peer: &Peer) -> ChainMilter {
         debug!(peer = %peer.addr, conn = peer.id, "milter connection");
+        let macros = SharedMacros::default();
         ChainMilter {
-            runner: Some((self.chains)()),
+            runner: Some((self.chains)(macros.clone())),
+            macros,
             headers: Vec::new(),
             stages: self.stages.clone(),
             blocking: self.plugins,
@@ -101,6 +105,7 @@ impl MilterFactory for ServiceFactory {
 pub struct ChainMilter {
     /// `None` only while a stage runs on a blocking thread, or after that thread panicked.
     runner: Option<ChainRunner>,
+    macros: SharedMacros,
     headers: Vec<Header>,
     stages: StageNeeds,
     blocking: bool,
@@ -165,6 +170,36 @@ impl ChainMilter {
             }
         }
     }
+}
+
+/// The macros plugins can read (the `macros` interface), refreshed before each stage.
+fn refresh_macros(shared: &SharedMacros, cx: &Context<'_>) {
+    let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
+    m.clear();
+    m.extend(cx.macros.iter().map(|(n, v)| (text(n), text(v))));
+}
+
+/// Macros wasmail asks Postfix for (SETSYMLIST), per stage; they replace Postfix's
+/// `milter_*_macros` for wasmail's connection.
+pub fn requested_macros() -> Vec<(MacroStage, String)> {
+    vec![
+        (
+            MacroStage::Connect,
+            "j _ {daemon_name} {daemon_addr} {client_addr} {client_name} {client_port} {client_ptr} {client_resolve} {client_connections}".into(),
+        ),
+        (
+            MacroStage::Helo,
+            "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}".into(),
+        ),
+        (
+            MacroStage::EnvFrom,
+            "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}".into(),
+        ),
+        (MacroStage::EnvRcpt, "{rcpt_addr} {rcpt_host} {rcpt_mailer}".into()),
+        (MacroStage::Data, "i".into()),
+        (MacroStage::Eoh, "i".into()),
+        (MacroStage::Eom, "i".into()),
+    ]
 }
 
 fn lost_runner() -> Outcome {
@@ -294,11 +329,19 @@ impl Milter for ChainMilter {
                 | Actions::QUARANTINE,
             stages: (self.stages)(),
             replies: StageSet::ALL.without(MStage::Header),
+            macros: if self.blocking {
+                requested_macros()
+            } else {
+                Vec::new()
+            },
             ..Needs::default()
         }
     }
 
-    async fn connect(&mut self, _cx: &Context<'_>, client: &Connect) -> Action {
+    async fn connect(&mut self, cx: &Context<'_>, client: &Connect) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         action(
             &self
                 .run(Event::Connect {
@@ -310,11 +353,17 @@ impl Milter for ChainMilter {
         )
     }
 
-    async fn helo(&mut self, _cx: &Context<'_>, name: &Bytes) -> Action {
+    async fn helo(&mut self, cx: &Context<'_>, name: &Bytes) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         action(&self.run(Event::Helo(text(name))).await)
     }
 
-    async fn mail(&mut self, _cx: &Context<'_>, from: &Envelope) -> Action {
+    async fn mail(&mut self, cx: &Context<'_>, from: &Envelope) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         self.headers.clear();
         action(
             &self
@@ -326,7 +375,10 @@ impl Milter for ChainMilter {
         )
     }
 
-    async fn rcpt(&mut self, _cx: &Context<'_>, to: &Envelope) -> Action {
+    async fn rcpt(&mut self, cx: &Context<'_>, to: &Envelope) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         action(
             &self
                 .run(Event::Rcpt {
@@ -345,7 +397,10 @@ impl Milter for ChainMilter {
         Action::Continue
     }
 
-    async fn eoh(&mut self, _cx: &Context<'_>) -> Action {
+    async fn eoh(&mut self, cx: &Context<'_>) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         let headers = std::mem::take(&mut self.headers);
         let outcome = self.run(Event::Headers(headers)).await;
         if outcome.verdict.is_final() {
@@ -354,11 +409,17 @@ impl Milter for ChainMilter {
         action(&self.run(Event::EndOfHeaders).await)
     }
 
-    async fn body(&mut self, _cx: &Context<'_>, chunk: &Bytes) -> Action {
+    async fn body(&mut self, cx: &Context<'_>, chunk: &Bytes) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         action(&self.run(Event::Body(chunk.to_vec())).await)
     }
 
-    async fn eom(&mut self, _cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
+    async fn eom(&mut self, cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
+        if self.blocking {
+            refresh_macros(&self.macros, cx);
+        }
         let outcome = self.run(Event::EndOfMessage).await;
         let verdict = action(&outcome);
         edits.extend(outcome.edits.into_iter().map(modification));
@@ -453,15 +514,18 @@ pub async fn start(
             }
             let chain = Arc::new(section.chain.clone());
             let (h, c, d) = (host.clone(), chain.clone(), domains.clone());
-            let chains: ChainFactory = Arc::new(move || {
+            let chains: ChainFactory = Arc::new(move |macros: SharedMacros| {
                 let global: Vec<Box<dyn super::chain::StagePlugin>> = c
                     .iter()
                     .filter_map(|n| WasmFilter::new(h.clone(), n, None))
-                    .map(|p| Box::new(p) as Box<dyn super::chain::StagePlugin>)
+                    .map(|p| {
+                        Box::new(p.with_macros(macros.clone()))
+                            as Box<dyn super::chain::StagePlugin>
+                    })
                     .collect();
                 ChainRunner::new(
                     global,
-                    Box::new(HostDomainChains::new(h.clone(), d.clone())),
+                    Box::new(HostDomainChains::new(h.clone(), d.clone()).with_macros(macros)),
                 )
             });
             let (h, c, d) = (host.clone(), chain, domains.clone());
@@ -473,7 +537,7 @@ pub async fn start(
                 anyhow::bail!("[milter] names plugins but no plugin host was started");
             }
             let chains: ChainFactory =
-                Arc::new(|| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
+                Arc::new(|_| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
             let stages: StageNeeds =
                 Arc::new(|| StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom));
             (chains, stages, false)

@@ -20,6 +20,16 @@ fn prerequisites(test: &str) -> bool {
 /// (`{plugins}` = built plugins dir, `{dir}` = wasmail's temp dir), then Postfix pointing
 /// at it.
 fn start(chain: &[&str], plugins: &str) -> (Serve, Postfix) {
+    start_with(chain, plugins, "", "")
+}
+
+/// [`start`] with extra `[milter]` lines and extra Postfix main.cf lines.
+fn start_with(
+    chain: &[&str],
+    plugins: &str,
+    milter_extra: &str,
+    main_cf: &str,
+) -> (Serve, Postfix) {
     let dir = tempfile::tempdir().unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -40,6 +50,7 @@ shutdown_grace = "5s"
 listen = "unix:{{dir}}/milter.sock"
 socket_mode = "0666"
 chain = [{chain_list}]
+{milter_extra}
 
 [plugins]
 dir = "{{dir}}/plugins"
@@ -50,7 +61,7 @@ dir = "{{dir}}/plugins"
     .replace("{plugins}", support::plugins_dir().to_str().unwrap());
     let serve = Serve::start_in(dir, &config);
     let socket = serve.dir.path().join("milter.sock");
-    let postfix = Postfix::start(&format!("unix:{}", socket.display()), "");
+    let postfix = Postfix::start(&format!("unix:{}", socket.display()), main_cf);
     (serve, postfix)
 }
 
@@ -68,7 +79,8 @@ fn postfix_delivers_a_header_added_by_a_plugin() {
     }
     let (_serve, pf) = start(
         &["stamp"],
-        "[plugin.stamp]\nfile = \"{plugins}/stamp.wasm\"\n[plugin.stamp.settings]\nvalue = \"e2e\"\n",
+        "[plugin.stamp]\nfile = \"{plugins}/stamp.wasm\"\n[plugin.stamp.settings]\nvalue = \"e2e\"\n\
+         macros = \"client_addr,{mail_addr},j,i\"\n",
     );
     let (code, out) = pf.swaks(
         pf.filter_port,
@@ -86,6 +98,13 @@ fn postfix_delivers_a_header_added_by_a_plugin() {
     );
     let seen = header(&got[0], "X-Wasmail-Seen").unwrap();
     assert!(seen.starts_with("connect,helo,mail-from,rcpt"), "{seen}");
+    // Macros Postfix sent (wasmail asked for them with SETSYMLIST) reach the plugin.
+    let macros = header(&got[0], "X-Wasmail-Macros").expect("macros header");
+    assert!(macros.contains("client_addr=127.0.0.1"), "{macros}");
+    assert!(macros.contains("{mail_addr}=alice@example.org"), "{macros}");
+    assert!(macros.contains("j=filter.wasmail.test"), "{macros}");
+    let queue_id = macros.rsplit("i=").next().unwrap_or("");
+    assert!(!queue_id.trim().is_empty(), "queue id macro: {macros}");
 }
 
 #[test]
@@ -329,4 +348,52 @@ value = "load"
         assert_eq!(header(m, "X-Wasmail-Stamp"), Some("load"));
     }
     assert_eq!(pf.queue_count("deferred"), 0);
+}
+
+#[test]
+fn progress_keeps_postfix_waiting_for_a_slow_end_of_message_plugin() {
+    let test = "progress_keeps_postfix_waiting_for_a_slow_end_of_message_plugin";
+    if !prerequisites(test) {
+        return;
+    }
+    // The plugin spins at end of message until its 4 s deadline (then on_error = continue);
+    // Postfix's content timeout is 2 s, so only SMFIR_PROGRESS every 0.5 s keeps it waiting.
+    let (serve, pf) = start_with(
+        &["slow"],
+        r#"
+[plugin.slow]
+file = "{plugins}/faulty.wasm"
+on_error = "continue"
+[plugin.slow.limits]
+call_deadline = "4s"
+[plugin.slow.settings]
+mode = "loop"
+stage = "end-of-message"
+"#,
+        "progress_interval = \"500ms\"",
+        "milter_content_timeout = 2s",
+    );
+    let started = std::time::Instant::now();
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the plugin really ran long"
+    );
+    pf.wait_delivered("bob", 1, WAIT);
+    assert!(
+        serve.log_text().contains("plugin failed"),
+        "{}",
+        serve.log_text()
+    );
+    assert!(
+        !pf.log().contains("timed out") && !pf.log().contains("milter_default_action"),
+        "Postfix saw no milter timeout:\n{}",
+        pf.log()
+    );
 }

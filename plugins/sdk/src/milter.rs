@@ -25,6 +25,12 @@ pub use self::wasmail::plugin::milter_types::{
 };
 pub use crate::types::Header;
 
+/// The milter macros the MTA sent (always available, no grant needed):
+/// `macros::get("client_addr")`, `macros::get("i")` (queue id), `macros::all()`.
+pub mod macros {
+    pub use super::wasmail::plugin::macros::*;
+}
+
 /// Capability `message`: a parsed view of the current message (needs body mode `whole`).
 pub mod message {
     pub use super::wasmail::plugin::message::*;
@@ -39,7 +45,7 @@ pub mod auth {
 pub mod prelude {
     pub use super::{
         BodyMode, Client, Description, Edit, Envelope, Filter, Header, Outcome, Reply, Stage,
-        Verdict, auth, message,
+        Verdict, auth, macros, message,
     };
     pub use crate::{config, kv, log, send};
 }

@@ -20,6 +20,7 @@
 //! | `replace_body`   | replace the body with this text (line ends become CRLF)             |
 //! | `change_subject` | set the Subject (changes the first one, or adds one if missing)     |
 //! | `delete_header`  | delete the first header with this name                              |
+//! | `macros`         | comma list of milter macro names: adds `X-Wasmail-Macros: n=v; ...` |
 
 use wasmail_plugin_sdk::addr;
 use wasmail_plugin_sdk::milter::prelude::*;
@@ -93,6 +94,15 @@ impl Filter for Stamp {
             Edit::add_header("X-Wasmail-Stamp", config::get_or("value", "stamped")),
             Edit::add_header("X-Wasmail-Seen", seen),
         ];
+        if let Some(names) = config::get("macros") {
+            let shown: Vec<String> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("{n}={}", macros::get(n).unwrap_or_default()))
+                .collect();
+            edits.push(Edit::add_header("X-Wasmail-Macros", shown.join("; ")));
+        }
         edits.extend(settings.edits(HAS_SUBJECT.with_borrow(|h| *h)));
         Outcome::new(verdict, edits)
     }
