@@ -397,3 +397,60 @@ stage = "end-of-message"
         pf.log()
     );
 }
+
+#[test]
+fn per_domain_chain_runs_for_messages_with_a_recipient_in_that_domain() {
+    let test = "per_domain_chain_runs_for_messages_with_a_recipient_in_that_domain";
+    if !prerequisites(test) {
+        return;
+    }
+    let (_serve, pf) = start_with(
+        &[],
+        r#"
+[plugin.netstamp]
+file = "{plugins}/stamp.wasm"
+[plugin.netstamp.settings]
+value = "example.net chain"
+"#,
+        "[milter.domains.\"example.net\"]\nchain = [\"netstamp\"]",
+        "",
+    );
+    // Only example.com: the example.net chain does not run.
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let got = pf.wait_delivered("bob", 1, WAIT);
+    assert_eq!(header(&got[0], "X-Wasmail-Stamp"), None, "{}", got[0]);
+    // example.net among the recipients: its chain joins at that RCPT (connect/helo/mail
+    // replayed) and its edits apply to the whole message.
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com", "erin@example.net"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let erin = pf.wait_delivered("erin@example.net", 1, WAIT);
+    assert_eq!(
+        header(&erin[0], "X-Wasmail-Stamp"),
+        Some("example.net chain")
+    );
+    let seen = header(&erin[0], "X-Wasmail-Seen").unwrap();
+    assert!(
+        seen.starts_with("connect,helo,mail-from,rcpt"),
+        "replayed: {seen}"
+    );
+    let bob = pf.wait_delivered("bob", 2, WAIT);
+    let stamped = bob
+        .iter()
+        .filter(|m| header(m, "X-Wasmail-Stamp") == Some("example.net chain"))
+        .count();
+    assert_eq!(
+        stamped, 1,
+        "only the second message (with an example.net recipient)"
+    );
+}

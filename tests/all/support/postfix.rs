@@ -67,7 +67,7 @@ fn run(cmd: &mut Command) -> String {
 impl Postfix {
     /// Starts Postfix with the docs' milter block, `smtpd_milters` pointing at `milter`
     /// (e.g. `unix:/tmp/x/milter.sock`), plus `extra` main.cf lines. Mailboxes:
-    /// bob, carol, dave @example.com.
+    /// bob, carol, dave @example.com and erin@example.net.
     pub fn start(milter: &str, extra: &str) -> Postfix {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -122,7 +122,7 @@ impl Postfix {
              local_transport = error:5.1.1 no local delivery\n\
              alias_maps =\n\
              local_recipient_maps =\n\
-             virtual_mailbox_domains = example.com\n\
+             virtual_mailbox_domains = example.com, example.net\n\
              virtual_mailbox_maps = texthash:{etc}/vmailbox\n\
              virtual_mailbox_base = {mail}\n\
              virtual_uid_maps = static:65534\n\
@@ -146,7 +146,8 @@ impl Postfix {
         std::fs::write(etc.join("main.cf"), main_cf).unwrap();
         std::fs::write(
             etc.join("vmailbox"),
-            "bob@example.com example.com/bob/\ncarol@example.com example.com/carol/\ndave@example.com example.com/dave/\n",
+            "bob@example.com example.com/bob/\ncarol@example.com example.com/carol/\n\
+             dave@example.com example.com/dave/\nerin@example.net example.net/erin/\n",
         )
         .unwrap();
         run(Command::new("postfix").arg("-c").arg(&etc).arg("start"));
@@ -195,13 +196,16 @@ impl Postfix {
         (out.status.code().unwrap_or(-1), text)
     }
 
-    /// Messages delivered to `user@example.com`, as text, in delivery order.
+    /// Messages delivered to `user` (`bob` = bob@example.com, or a full address in
+    /// example.com / example.net), as text, in delivery order.
     pub fn delivered(&self, user: &str) -> Vec<String> {
+        let (local, domain) = user.split_once('@').unwrap_or((user, "example.com"));
         let new = self
             .dir
             .path()
-            .join("mail/example.com")
-            .join(user)
+            .join("mail")
+            .join(domain)
+            .join(local)
             .join("new");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
