@@ -151,22 +151,23 @@ fn cache_path(engine: &PluginEngine, cache_dir: &Path, sha256: &str) -> PathBuf 
     cache_dir.join(format!("{sha256}-{compat}.cwasm"))
 }
 
-/// Creates the cache directory with mode 0700 and checks nobody else can write it.
+/// Creates the cache directory with mode 0700 (tightening a directory we own) and checks
+/// that it is ours and private: deserialization trusts its files.
 fn prepare_cache_dir(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
     let meta = fs::metadata(dir)?;
-    // SAFETY-relevant: deserialization trusts these files, so only our own, private
-    // directory qualifies.
-    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ok();
-        let meta = fs::metadata(dir)?;
-        if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-            bail!(
-                "{} is not a private directory owned by wasmail's user; refusing to use it as \
-                 the plugin cache",
-                dir.display()
-            );
-        }
+    if meta.uid() == me && meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+    }
+    let meta = fs::metadata(dir)?;
+    if meta.uid() != me || meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is not a private directory owned by wasmail's user; refusing to use it as \
+             the plugin cache",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -188,14 +189,21 @@ fn compile(
         && meta.uid() == nix::unistd::geteuid().as_raw()
         && meta.mode() & 0o077 == 0
     {
-        // SAFETY: the file is a regular file in our private cache directory, written by
-        // `write_cache` below from `Component::serialize` of the same engine
-        // configuration (the name carries the engine's compatibility hash), and only
-        // readable/writable by our own user.
-        match unsafe { Component::deserialize_file(engine.engine(), &path) } {
-            Ok(c) => return Ok(c),
+        // Read into memory rather than mmap: a cache file truncated by someone else while
+        // in use must not crash the process (SIGBUS).
+        match fs::read(&path) {
+            // SAFETY: the bytes come from a regular file in our private (0700, our uid)
+            // cache directory, written by `write_cache` below from `Component::serialize`
+            // under the same engine configuration (the file name carries the engine's
+            // compatibility hash), and readable and writable by our own user only.
+            Ok(artifact) => match unsafe { Component::deserialize(engine.engine(), &artifact) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unusable cached plugin artifact")
+                }
+            },
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unusable cached plugin artifact")
+                tracing::warn!(path = %path.display(), error = %e, "cannot read cached plugin artifact")
             }
         }
     }

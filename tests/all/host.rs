@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmail::config::Config;
-use wasmail::host::calls;
 use wasmail::host::engine::World;
 use wasmail::host::milter::WasmFilter;
 use wasmail::host::set::PluginHost;
@@ -520,4 +519,89 @@ fn watcher_reloads_a_replaced_file() {
         header_edit(eom(&full(&host, &["p"])), "X-Wasmail-Stamp").is_none(),
         "noop now serves"
     );
+}
+
+#[test]
+fn compiled_artifacts_are_cached_and_only_private_files_are_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("cache");
+    let toml = format!(
+        "[plugins]\ndir = \"{{plugins}}\"\nwatch = false\ncache_dir = \"{}\"\n[plugin.stamp]\nfile = \"stamp.wasm\"\n",
+        cache_dir.display()
+    );
+    let (_d, first) = try_host(&toml, &["stamp"]);
+    let first = first.unwrap();
+    let sha = first.get("stamp").unwrap().sha256.clone();
+    let entries: Vec<std::path::PathBuf> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let artifact = &entries[0];
+    let name = artifact.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with(&sha) && name.ends_with(".cwasm"), "{name}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(artifact).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A second host loads from the cache and works.
+    let (_d, second) = try_host(&toml, &["stamp"]);
+    let second = second.unwrap();
+    assert_eq!(
+        header_edit(eom(&full(&second, &["stamp"])), "X-Wasmail-Stamp"),
+        Some("stamped")
+    );
+    // A cache file others could have written is not trusted: it is replaced, not loaded.
+    std::fs::write(artifact, b"not an artifact").unwrap();
+    std::fs::set_permissions(artifact, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_d, third) = try_host(&toml, &["stamp"]);
+    let third = third.unwrap();
+    assert_eq!(
+        header_edit(eom(&full(&third, &["stamp"])), "X-Wasmail-Stamp"),
+        Some("stamped")
+    );
+    assert_eq!(
+        std::fs::metadata(artifact).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "rewritten by the host"
+    );
+}
+
+#[test]
+fn sighup_reloads_plugins_in_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let live = dir.path().join("plugins/p.wasm");
+    write_atomically(&support::plugin("stamp"), &live);
+    let config = r#"
+[server]
+shutdown_grace = "2s"
+[milter]
+listen = "unix:{dir}/milter.sock"
+chain = ["p"]
+[plugins]
+dir = "{dir}/plugins"
+watch = false
+[plugin.p]
+file = "p.wasm"
+"#;
+    let mut serve = support::Serve::start_in(dir, config);
+    serve.wait_for_log("plugin loaded", Duration::from_secs(30));
+    let live = serve.dir.path().join("plugins/p.wasm");
+    write_atomically(&support::plugin("noop"), &live);
+    // SAFETY: kill with a valid pid of our own child.
+    unsafe { libc::kill(serve.child.id() as libc::pid_t, libc::SIGHUP) };
+    serve.wait_for_log("plugins reloaded", Duration::from_secs(30));
+    let log = serve.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("plugins reloaded"))
+        .unwrap();
+    assert!(line.contains("loaded=[\"p\"]"), "{line}");
+    assert!(serve.stop(Duration::from_secs(10)).success());
 }
