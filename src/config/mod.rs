@@ -246,6 +246,27 @@ impl Config {
                     );
                 }
             }
+            // A plugin's own deadline must end before the milter stage deadline, so the
+            // plugin's on_error policy decides, not the stage timeout (and never Postfix).
+            let names = m
+                .chain
+                .iter()
+                .chain(m.domains.values().flat_map(|d| d.chain.iter()));
+            for name in names {
+                if let Some(entry) = self.plugin.get(name) {
+                    let limits = self.plugins.limits.with(&entry.limits);
+                    if limits.call_deadline >= m.command_deadline {
+                        v.error(
+                            format!("plugin.{name}.limits.call_deadline"),
+                            format_args!(
+                                "{} is not below [milter] command_deadline ({}); lower it",
+                                humantime::format_duration(limits.call_deadline),
+                                humantime::format_duration(m.command_deadline)
+                            ),
+                        );
+                    }
+                }
+            }
             for (domain, d) in &m.domains {
                 for (i, name) in d.chain.iter().enumerate() {
                     if !known(name) {
@@ -349,6 +370,36 @@ mod tests {
         // toml reports the unterminated string where the parser gives up: the next line.
         assert_eq!(d[0].line, 3, "{:?}", d[0]);
         assert!(!d[0].message.is_empty());
+    }
+
+    #[test]
+    fn milter_chain_must_name_configured_plugins() {
+        let d = diags("[milter]\nlisten = \"unix:/run/x.sock\"\nchain = [\"nope\"]\n");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].line, 3);
+        assert!(d[0].message.contains("no plugin `nope`"), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn plugin_deadline_must_be_below_the_milter_stage_deadline() {
+        let d = diags(
+            "[milter]\nlisten = \"unix:/run/x.sock\"\ncommand_deadline = \"5s\"\nchain = [\"p\"]\n\
+             [plugin.p]\nfile = \"p.wasm\"\n[plugin.p.limits]\ncall_deadline = \"5s\"\n",
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].key, "plugin.p.limits.call_deadline");
+        assert_eq!(d[0].line, 8);
+        assert!(d[0].message.contains("command_deadline"), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn plugin_entries_are_checked() {
+        let d = diags("[plugin.p]\nfile = \"p.wasm\"\ngrants = [\"log\", \"teleport\"]\n");
+        assert_eq!(d[0].line, 3, "{d:?}");
+        assert!(d[0].message.contains("teleport"), "{:?}", d[0]);
+        let d = diags("[plugin.p]\nfile = \"p.wasm\"\non_error = \"reject\"\n");
+        assert_eq!(d[0].line, 3, "{d:?}");
+        assert!(d[0].message.contains("reject"), "{:?}", d[0]);
     }
 
     #[test]
