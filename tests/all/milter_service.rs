@@ -16,18 +16,27 @@ async fn one_session(spec: &SocketSpec) {
     let n = c.negotiate().await.expect("negotiation");
     assert_eq!(n.opts.version, 6);
     let a = *c.agreement().unwrap();
-    assert!(
-        !a.expects_reply(Stage::Header),
-        "headers are negotiated as no-reply"
-    );
+    // No plugins: only the stages the chain needs (MAIL for transaction boundaries, end of
+    // message) are requested; Postfix skips the rest.
+    for stage in [
+        Stage::Connect,
+        Stage::Helo,
+        Stage::Rcpt,
+        Stage::Header,
+        Stage::Body,
+    ] {
+        assert!(!a.sends(stage), "{stage:?} not requested without plugins");
+    }
+    assert!(a.sends(Stage::Mail) && a.sends(Stage::Eom));
     c.macros(b'C', &[("j", "mx.test")]);
     let r = c
         .connect_inet("client.example", "192.0.2.1", 4711)
         .await
         .unwrap();
-    assert_eq!(r.unwrap().action, Action::Continue);
+    assert!(r.is_none(), "CONNECT is not sent");
     c.helo("client.example").await.unwrap();
-    c.mail("<a@example.com>", &["SIZE=5"]).await.unwrap();
+    let r = c.mail("<a@example.com>", &["SIZE=5"]).await.unwrap();
+    assert_eq!(r.unwrap().action, Action::Continue);
     c.rcpt("<b@example.net>", &[]).await.unwrap();
     c.header("Subject", "smoke").await.unwrap();
     c.eoh().await.unwrap();
@@ -108,7 +117,7 @@ async fn serve_milter_on_libmilter_style_tcp_address() {
 }
 
 #[test]
-fn serve_refuses_plugin_chains_it_cannot_load() {
+fn serve_refuses_a_chain_naming_an_unknown_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("wasmail.toml");
     std::fs::write(
@@ -126,5 +135,34 @@ fn serve_refuses_plugin_chains_it_cannot_load() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("chain"), "{stderr}");
+    assert!(stderr.contains("wasmail.toml:3:"), "{stderr}");
+    assert!(stderr.contains("no plugin `spam`"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_broken_plugin_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wasmail.toml");
+    std::fs::write(dir.path().join("bad.wasm"), "not wasm").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[milter]\nlisten = \"unix:{d}/m.sock\"\nchain = [\"bad\"]\n\
+             [plugins]\ndir = \"{d}\"\n[plugin.bad]\nfile = \"bad.wasm\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::wasmail_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bad.wasm") && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("m.sock").exists(), "nothing listens");
 }
