@@ -23,7 +23,8 @@ fn start(chain: &[&str], plugins: &str) -> (Serve, Postfix) {
     start_with(chain, plugins, "", "")
 }
 
-/// [`start`] with extra `[milter]` lines and extra Postfix main.cf lines.
+/// [`start`] with extra `[milter]` lines and extra Postfix main.cf lines. Postfix starts
+/// first, so the plugin config may use `{filter_port}` (e.g. as the `send` relay).
 fn start_with(
     chain: &[&str],
     plugins: &str,
@@ -36,6 +37,8 @@ fn start_with(
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let socket = dir.path().join("milter.sock");
+    let postfix = Postfix::start(&format!("unix:{}", socket.display()), main_cf);
     let chain_list = chain
         .iter()
         .map(|c| format!("\"{c}\""))
@@ -58,10 +61,9 @@ dir = "{{dir}}/plugins"
 {plugins}
 "#
     )
-    .replace("{plugins}", support::plugins_dir().to_str().unwrap());
+    .replace("{plugins}", support::plugins_dir().to_str().unwrap())
+    .replace("{filter_port}", &postfix.filter_port.to_string());
     let serve = Serve::start_in(dir, &config);
-    let socket = serve.dir.path().join("milter.sock");
-    let postfix = Postfix::start(&format!("unix:{}", socket.display()), main_cf);
     (serve, postfix)
 }
 
@@ -452,5 +454,59 @@ value = "example.net chain"
     assert_eq!(
         stamped, 1,
         "only the second message (with an example.net recipient)"
+    );
+}
+
+#[test]
+fn vacation_plugin_sends_one_auto_reply_through_the_relay() {
+    let test = "vacation_plugin_sends_one_auto_reply_through_the_relay";
+    if !prerequisites(test) {
+        return;
+    }
+    let (serve, pf) = start_with(
+        &["vacation"],
+        r#"
+[plugins.send]
+relay = "127.0.0.1:{filter_port}"
+[plugin.vacation]
+file = "{plugins}/vacation.wasm"
+grants = ["send", "kv", "config", "log"]
+[plugin.vacation.settings]
+away = "bob@example.com"
+subject = "Bob is away"
+message = "Back on Monday."
+"#,
+        "",
+        "",
+    );
+    for i in 0..2 {
+        let (code, out) = pf.swaks(
+            pf.filter_port,
+            "carol@example.com",
+            &["bob@example.com"],
+            &["--header", &format!("Subject: question {i}")],
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    pf.wait_delivered("bob", 2, WAIT);
+    // One reply (the second message is within the period), sent by wasmail's send queue
+    // back into Postfix, passing the milter again without triggering another reply.
+    let replies = pf.wait_delivered("carol", 1, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let replies_later = pf.delivered("carol");
+    assert_eq!(
+        replies_later.len(),
+        1,
+        "exactly one auto-reply: {replies_later:?}"
+    );
+    let r = &replies[0];
+    assert_eq!(header(r, "Subject"), Some("Bob is away"));
+    assert_eq!(header(r, "Auto-Submitted"), Some("auto-replied"));
+    assert!(r.contains("Back on Monday."));
+    assert!(r.contains("Return-Path: <>"), "null envelope sender: {r}");
+    assert!(
+        serve.log_text().contains("auto-reply queued"),
+        "{}",
+        serve.log_text()
     );
 }
