@@ -433,6 +433,9 @@ impl WasmFilter {
                 let ctx = &mut live.store.data_mut().message;
                 ctx.raw = Some(raw);
                 ctx.truncated = truncated;
+                ctx.client_ip = self.client_ip;
+                ctx.helo = self.helo.clone().unwrap_or_default();
+                ctx.mail_from = self.mail_from.clone();
             }
             if self.subscribed(Stage::Body) {
                 let body = std::mem::take(&mut self.body);
@@ -483,6 +486,11 @@ impl StagePlugin for WasmFilter {
     }
 
     fn wants(&self, stage: Stage) -> bool {
+        // The connection and sender data are always recorded (cheaply, without calling the
+        // plugin): later instances replay them and the `auth` capability needs them.
+        if matches!(stage, Stage::Connect | Stage::Helo | Stage::MailFrom) {
+            return true;
+        }
         match self.body_mode() {
             // Whole-message plugins need the headers and body collected even when they
             // did not subscribe to those stages, and are answered at end of message.
@@ -528,6 +536,11 @@ impl StagePlugin for WasmFilter {
         }
         if self.failed {
             return self.policy_result();
+        }
+        if matches!(stage, Stage::Connect | Stage::Helo | Stage::MailFrom)
+            && !self.subscribed(stage)
+        {
+            return StageResult::cont();
         }
         let result = match event {
             Event::Connect { .. } => {

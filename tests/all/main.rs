@@ -8,5 +8,6 @@ mod milter_libmilter;
 mod milter_miltertest;
 mod milter_postfix;
 mod milter_service;
+mod plugins_examples;
 mod serve;
 mod support;

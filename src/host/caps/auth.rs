@@ -25,9 +25,13 @@
 //!
 //! # ARC
 //!
-//! ARC verification lives behind mail-auth's `arc` cargo feature, which wasmail does not
-//! enable (ARC is historic, see the mail-auth README); until it does, [`AuthReport::arc`]
-//! is always [`AuthResult::None`].
+//! [`Authenticator::check`] also validates the ARC chain (RFC 8617) with mail-auth's `arc`
+//! feature: [`AuthReport::arc`] is `None` without ARC headers, `Pass` when the newest
+//! ARC-Message-Signature and every ARC-Seal verify, `Fail` for a broken chain (bad
+//! instance numbers or `cv=` values, a body changed after sealing, an expired or
+//! unverifiable signature, a key that is not published) and `Temperror` when a key could
+//! not be fetched. The result goes into the Authentication-Results text as `arc=...`
+//! (between `dkim` and `dmarc`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -38,6 +42,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use mail_auth::common::auth_results::AsAuthResult;
 use mail_auth::common::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::common::parse::TxtRecordParser;
@@ -51,9 +56,9 @@ use mail_auth::hickory_resolver::{TokioResolver, system_conf};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::spf::{Macro, Spf};
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
-    DnsError, DnssecStatus, Error as MailAuthError, MX, MessageAuthenticator, Parameters,
-    RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, DnsError, DnssecStatus, Error as MailAuthError, MX, MessageAuthenticator,
+    Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
 };
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -139,7 +144,8 @@ pub struct AuthReport {
     pub dmarc_domain: String,
     /// The policy that applies to the From domain.
     pub dmarc_policy: DmarcPolicy,
-    /// ARC chain validation (always `None` for now; see the module docs).
+    /// ARC chain validation: `None` (no ARC headers), `Pass`, `Fail` or `Temperror`; see
+    /// the module docs.
     pub arc: AuthResult,
     /// A ready `Authentication-Results` header value (folded with CRLF + tab), starting
     /// with the configured authserv-id.
@@ -706,7 +712,7 @@ impl Authenticator {
         };
 
         let Some(message) = AuthenticatedMessage::parse(input.raw) else {
-            results.push_str(";\r\n\tdkim=none;\r\n\tdmarc=none");
+            results.push_str(";\r\n\tdkim=none;\r\n\tarc=none;\r\n\tdmarc=none");
             report.authentication_results = format!("{}{results}", self.authserv_id);
             return report;
         };
@@ -777,6 +783,32 @@ impl Authenticator {
                     .with_dkim_results(&dkim_outputs, from)
                     .to_string(),
             );
+        }
+
+        // ARC
+        let (arc, arc_text) = match tokio::time::timeout(
+            stage_timeout,
+            self.resolver.verify_arc(self.params(&message)),
+        )
+        .await
+        {
+            Ok(output) => arc_outcome(&output),
+            Err(_) => (
+                AuthResult::Temperror,
+                DkimResult::TempError(MailAuthError::Dns(DnsError::Resolver(
+                    "ARC key lookup timed out".into(),
+                ))),
+            ),
+        };
+        report.arc = arc;
+        results.push_str(";\r\n\tarc=");
+        arc_text.as_auth_result(&mut results);
+        if let (Some(ip), AuthResult::Pass | AuthResult::Fail) = (input.client_ip, arc) {
+            results.push_str(" smtp.remote-ip=");
+            match ip {
+                IpAddr::V4(ip) => results.push_str(&ip.to_string()),
+                IpAddr::V6(ip) => results.push_str(&format!("\"{ip}\"")),
+            }
         }
 
         // DMARC
@@ -899,6 +931,22 @@ impl Authenticator {
             "{}._domainkey.{}",
             entry.config.selector, entry.config.domain
         ))
+    }
+}
+
+/// Maps mail-auth's ARC verdict to the RFC 8617 results (`none`, `pass`, `fail`, plus
+/// `temperror` for DNS trouble) and the result written into Authentication-Results.
+/// mail-auth reports a body changed after sealing, an expired signature or malformed ARC
+/// headers as "neutral" and an unpublished key as "permerror"; for ARC all of them mean
+/// the chain does not validate.
+fn arc_outcome(output: &ArcOutput<'_>) -> (AuthResult, DkimResult) {
+    match output.result() {
+        DkimResult::Pass => (AuthResult::Pass, DkimResult::Pass),
+        DkimResult::None => (AuthResult::None, DkimResult::None),
+        DkimResult::TempError(err) => (AuthResult::Temperror, DkimResult::TempError(err.clone())),
+        DkimResult::Fail(err) | DkimResult::Neutral(err) | DkimResult::PermError(err) => {
+            (AuthResult::Fail, DkimResult::Fail(err.clone()))
+        }
     }
 }
 
@@ -1552,6 +1600,180 @@ mod tests {
         let raw = signed(&signer, &["fresh"], MESSAGE);
         let report = verifier.check(&input(&raw)).await;
         assert_eq!(report.dkim[0].result, AuthResult::Pass, "{report:#?}");
+    }
+
+    /// The test config plus an ARC sealing key for `lists.example.net`.
+    fn arc_config() -> AuthConfig {
+        let mut config = config();
+        config.dkim_keys.insert(
+            "arc".to_owned(),
+            key(
+                "lists.example.net",
+                "arc2025",
+                "ed25519-sha256",
+                "dkim-ed25519.pem",
+            ),
+        );
+        config.dkim_keys.insert(
+            "arc-rsa".to_owned(),
+            key(
+                "relay.example.com",
+                "arcrsa",
+                "rsa-sha256",
+                "dkim-rsa-pkcs8.pem",
+            ),
+        );
+        config
+    }
+
+    /// `example_org()` plus the ARC sealing keys.
+    fn arc_dns() -> StaticDns {
+        let signer = Authenticator::with_records(&arc_config(), StaticDns::new()).unwrap();
+        let mut dns = example_org();
+        for id in ["arc", "arc-rsa"] {
+            dns = dns.txt(
+                &signer.dkim_record_name(id).unwrap(),
+                &signer.dkim_public_record(id).unwrap(),
+            );
+        }
+        dns
+    }
+
+    /// Verifies `raw` as an intermediary would and adds an ARC set sealed with `key_id`
+    /// (mail-auth's sealer), the way a mailing list or forwarder does.
+    async fn arc_seal(auth: &Authenticator, key_id: &str, raw: &str) -> String {
+        let entry = &auth.keys[key_id];
+        let message = AuthenticatedMessage::parse(raw.as_bytes()).unwrap();
+        let dkim = auth.resolver.verify_dkim(auth.params(&message)).await;
+        let arc = auth.resolver.verify_arc(auth.params(&message)).await;
+        assert!(
+            matches!(arc.result(), DkimResult::Pass | DkimResult::None),
+            "{:?}",
+            arc.result()
+        );
+        let results = AuthenticationResults::new(&entry.config.domain)
+            .with_dkim_results(&dkim, "example.org");
+        let set = mail_auth::arc::ArcSealer::from_key(KeyRef(&entry.key))
+            .domain(entry.config.domain.clone())
+            .selector(entry.config.selector.clone())
+            .headers(["From", "To", "Subject", "Date", "DKIM-Signature"])
+            .seal(&message, &results, &arc)
+            .unwrap();
+        format!("{}{}{raw}", set.to_header(), results.to_header())
+    }
+
+    #[tokio::test]
+    async fn arc_none_without_arc_headers() {
+        let auth = Authenticator::with_records(&arc_config(), arc_dns()).unwrap();
+        let raw = signed(&auth, &["ed"], MESSAGE);
+        let report = auth.check(&input(&raw)).await;
+        assert_eq!(report.arc, AuthResult::None);
+        let ar = &report.authentication_results;
+        assert!(ar.contains("arc=none"), "{ar}");
+        // The order is spf, dkim, arc, dmarc.
+        let (spf, dkim, arc, dmarc) = (
+            ar.find("spf=").unwrap(),
+            ar.find("dkim=").unwrap(),
+            ar.find("arc=").unwrap(),
+            ar.find("dmarc=").unwrap(),
+        );
+        assert!(spf < dkim && dkim < arc && arc < dmarc, "{ar}");
+        // An unparsable message still gets an arc result.
+        let report = auth.check(&input("")).await;
+        assert_eq!(report.arc, AuthResult::None);
+        assert!(report.authentication_results.contains("arc=none"));
+    }
+
+    #[tokio::test]
+    async fn arc_sealed_message_passes() {
+        let auth = Authenticator::with_records(&arc_config(), arc_dns()).unwrap();
+        let raw = arc_seal(&auth, "arc", &signed(&auth, &["ed"], MESSAGE)).await;
+        assert!(raw.starts_with("ARC-Seal: i=1;"), "{raw}");
+        // The client is the list server, outside example.org's SPF.
+        let report = auth
+            .check(&AuthInput {
+                client_ip: Some("203.0.113.9".parse().unwrap()),
+                ..input(&raw)
+            })
+            .await;
+        assert_eq!(report.arc, AuthResult::Pass, "{report:#?}");
+        let ar = &report.authentication_results;
+        assert!(ar.contains("arc=pass smtp.remote-ip=203.0.113.9"), "{ar}");
+        assert_eq!(report.dkim[0].result, AuthResult::Pass);
+
+        // A second hop (RSA key, another domain) extends the chain: i=2, cv=pass.
+        let raw = arc_seal(&auth, "arc-rsa", &raw).await;
+        assert!(raw.starts_with("ARC-Seal: i=2;"), "{raw}");
+        assert!(raw.contains("cv=pass"), "{raw}");
+        let report = auth
+            .check(&AuthInput {
+                client_ip: Some("2001:db8::9".parse().unwrap()),
+                ..input(&raw)
+            })
+            .await;
+        assert_eq!(report.arc, AuthResult::Pass, "{report:#?}");
+        assert!(
+            report
+                .authentication_results
+                .contains("arc=pass smtp.remote-ip=\"2001:db8::9\""),
+            "{}",
+            report.authentication_results
+        );
+    }
+
+    #[tokio::test]
+    async fn arc_tampered_chain_fails() {
+        let auth = Authenticator::with_records(&arc_config(), arc_dns()).unwrap();
+        let sealed = arc_seal(&auth, "arc", &signed(&auth, &["ed"], MESSAGE)).await;
+
+        // The body changed after sealing.
+        let raw = sealed.replace("attached", "ATTACHED");
+        let report = auth.check(&input(&raw)).await;
+        assert_eq!(report.arc, AuthResult::Fail, "{report:#?}");
+        assert!(
+            report.authentication_results.contains("arc=fail"),
+            "{}",
+            report.authentication_results
+        );
+
+        // A signed header changed after sealing.
+        let raw = sealed.replace("Quarterly", "Yearly");
+        assert_eq!(auth.check(&input(&raw)).await.arc, AuthResult::Fail);
+
+        // The seal's own header changed (cv= is covered by the seal).
+        let raw = sealed.replacen("i=1; a=ed25519-sha256", "i=1; a=ed25519-sha256; t=1", 1);
+        assert!(
+            raw.starts_with("ARC-Seal: i=1; a=ed25519-sha256; t=1;"),
+            "{raw}"
+        );
+        let report = auth.check(&input(&raw)).await;
+        assert_ne!(report.arc, AuthResult::Pass, "{report:#?}");
+        assert_ne!(report.arc, AuthResult::None, "{report:#?}");
+
+        // An incomplete set (the ARC-Authentication-Results header removed).
+        let raw: String = sealed
+            .split_inclusive("\r\n")
+            .scan(false, |skipping, line| {
+                if line.starts_with("ARC-Authentication-Results:") {
+                    *skipping = true;
+                    return Some(String::new());
+                }
+                if *skipping && (line.starts_with(' ') || line.starts_with('\t')) {
+                    return Some(String::new());
+                }
+                *skipping = false;
+                Some(line.to_owned())
+            })
+            .collect();
+        assert!(!raw.contains("ARC-Authentication-Results"));
+        assert_eq!(auth.check(&input(&raw)).await.arc, AuthResult::Fail);
+
+        // The sealer's key is not published.
+        let unpublished = Authenticator::with_records(&arc_config(), example_org()).unwrap();
+        assert_eq!(
+            unpublished.check(&input(&sealed)).await.arc,
+            AuthResult::Fail
+        );
     }
 
     #[test]
