@@ -32,7 +32,7 @@ pub enum PluginCmd {
         json: bool,
     },
     /// Run a milter-filter plugin on a message and print the verdicts and edits.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
 }
 
 /// Arguments of `wasmail plugin test`.
@@ -80,7 +80,7 @@ pub struct TestArgs {
 pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
     match cmd {
         PluginCmd::Check { file, json } => check(&file, json),
-        PluginCmd::Test(args) => test(args),
+        PluginCmd::Test(args) => test(*args),
     }
 }
 
