@@ -439,14 +439,27 @@ impl WasmFilter {
             }
             if self.subscribed(Stage::Body) {
                 let body = std::mem::take(&mut self.body);
-                if let Err(r) = self.invoke(Stage::Body, |b, s| {
+                match self.invoke(Stage::Body, |b, s| {
                     b.wasmail_plugin_filter()
                         .call_on_body_chunk(s, &body, truncated)
                         .map(Answer::Verdict)
                 }) {
-                    return r;
+                    Err(r) => return r,
+                    // A refusal (or accept/discard/quarantine) given on the whole body is
+                    // the plugin's answer for the message; end of message is not called.
+                    Ok(Answer::Verdict(v)) if !matches!(v, wt::Verdict::Continue) => {
+                        if let Some(live) = self.live.as_mut() {
+                            live.finished = true;
+                        }
+                        return verdict(v).into();
+                    }
+                    Ok(_) => {}
                 }
             }
+        }
+        if let Some(live) = self.live.as_mut() {
+            // The message is complete: no on-abort for this instance.
+            live.finished = true;
         }
         if !self.subscribed(Stage::EndOfMessage) {
             return StageResult::cont();
@@ -456,9 +469,6 @@ impl WasmFilter {
                 .call_on_end_of_message(s)
                 .map(Answer::Outcome)
         });
-        if let Some(live) = self.live.as_mut() {
-            live.finished = true;
-        }
         match answer {
             Ok(Answer::Outcome(o)) => match edits(o.edits, &self.plugin) {
                 Ok(list) => {

@@ -442,8 +442,9 @@ impl ChainRunner {
             }
             for event in &replay {
                 if plugin.wants(event.stage()) {
-                    // Replayed verdicts are not sent to Postfix (the stage has passed); a
-                    // refusal at a replayed stage is carried by the plugin to its RCPT answer.
+                    // Replayed verdicts are dropped: those stages have already been
+                    // answered. A plugin that wants to refuse based on connect/helo/mail
+                    // data answers at RCPT (or later), where its verdict counts.
                     let _ = plugin.call(event);
                 }
             }
