@@ -237,10 +237,58 @@ fn spawn_ticker(engine: &Engine, tick: Duration) {
         .expect("spawning the epoch ticker thread");
 }
 
+/// WASI p2 as plugins get it: everything from wasmtime-wasi with an empty context, except
+/// the functions that could block the calling thread (stdio streams, `poll`, `block`),
+/// which trap with a message saying why. Plugins log through the `log` capability and
+/// never wait, so plugin calls can run inline on a runtime thread (wasmtime-wasi's sync
+/// stream and poll implementations would otherwise try to block on tokio).
 fn wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)
         .map_err(anyhow::Error::from)
         .context("linking WASI")?;
+    linker.allow_shadowing(true);
+    let refuse = |what: &'static str| {
+        move |_: wasmtime::StoreContextMut<'_, HostState>,
+              _: wasmtime::component::types::ComponentFunc,
+              _: &[wasmtime::component::Val],
+              _: &mut [wasmtime::component::Val]|
+              -> wasmtime::Result<()> { Err(wasmtime::Error::msg(what)) }
+    };
+    for (iface, func, what) in [
+        (
+            "wasi:cli/stdout@0.2.12",
+            "get-stdout",
+            "plugins have no stdout: use the log capability (a Rust panic message is written there too)",
+        ),
+        (
+            "wasi:cli/stderr@0.2.12",
+            "get-stderr",
+            "plugins have no stderr: use the log capability (a Rust panic message is written there too)",
+        ),
+        (
+            "wasi:cli/stdin@0.2.12",
+            "get-stdin",
+            "plugins have no stdin",
+        ),
+        (
+            "wasi:io/poll@0.2.12",
+            "poll",
+            "plugins may not block (wasi:io/poll)",
+        ),
+        (
+            "wasi:io/poll@0.2.12",
+            "[method]pollable.block",
+            "plugins may not block (sleep or wait)",
+        ),
+    ] {
+        linker
+            .instance(iface)
+            .map_err(anyhow::Error::from)?
+            .func_new(func, refuse(what))
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("restricting {iface}#{func}"))?;
+    }
+    linker.allow_shadowing(false);
     Ok(())
 }
 

@@ -381,9 +381,14 @@ impl wit::auth::Host for HostState {
             mail_from: &ctx.mail_from,
             raw: &raw,
         };
-        // Plugin calls run on blocking threads, never on a runtime worker, so blocking on
-        // the DNS work here is allowed.
-        let out = runtime.block_on(auth.check(&input));
+        // Chains with `auth` run on blocking threads (`[milter] plugin_threads = "auto"`),
+        // where blocking on the DNS work is allowed. If an operator forced "inline", we are
+        // on a runtime worker: hand the worker's other tasks off first.
+        let out = if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| runtime.block_on(auth.check(&input)))
+        } else {
+            runtime.block_on(auth.check(&input))
+        };
         Ok(report(out))
     }
 

@@ -44,6 +44,27 @@ pub struct MilterSection {
     /// keep it below Postfix's `milter_content_timeout` (300 s). Default 240 s.
     #[serde(with = "humantime_serde")]
     pub content_deadline: Duration,
+    /// Where plugin calls run: `"inline"` on the connection's task (fastest; a slow plugin
+    /// holds one runtime thread for at most its call deadline), `"blocking"` on tokio's
+    /// blocking thread pool (two thread hand-offs per stage), or `"auto"` (the default):
+    /// blocking when a chain plugin is granted `auth` (its DNS lookups block) or has a
+    /// `call_deadline` of at least `progress_interval` (so SMFIR_PROGRESS can be sent while
+    /// it runs), else inline.
+    pub plugin_threads: PluginThreads,
+}
+
+/// `[milter] plugin_threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginThreads {
+    /// Blocking when a plugin is granted `auth` or may run past `progress_interval`, else
+    /// inline.
+    #[default]
+    Auto,
+    /// Always on the connection's task.
+    Inline,
+    /// Always on the blocking thread pool.
+    Blocking,
 }
 
 /// Per-domain chain.
@@ -67,6 +88,7 @@ impl Default for MilterSection {
             progress_interval: Duration::from_secs(10),
             command_deadline: Duration::from_secs(20),
             content_deadline: Duration::from_secs(240),
+            plugin_threads: PluginThreads::Auto,
         }
     }
 }

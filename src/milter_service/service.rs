@@ -23,7 +23,7 @@ use wasmail_milter::{
 };
 
 use super::chain::{ChainRunner, Edit, Event, Header, NoDomainChains, Outcome, Reply, Verdict};
-use super::config::MilterSection;
+use super::config::{MilterSection, PluginThreads};
 use crate::host::milter::{HostDomainChains, WasmFilter};
 use crate::host::plugin::BodyMode;
 use crate::host::set::PluginHost;
@@ -41,8 +41,10 @@ pub type StageNeeds = Arc<dyn Fn() -> StageSet + Send + Sync>;
 pub struct ServiceFactory {
     chains: ChainFactory,
     stages: StageNeeds,
-    /// Whether any plugin is configured (plugin calls then run on blocking threads).
+    /// Whether any plugin is configured.
     plugins: bool,
+    /// Whether plugin calls run on tokio's blocking threads instead of inline.
+    offload: bool,
 }
 
 impl std::fmt::Debug for ServiceFactory {
@@ -62,7 +64,8 @@ impl MilterFactory for ServiceFactory {
             macros,
             headers: Vec::new(),
             stages: self.stages.clone(),
-            blocking: self.plugins,
+            plugins: self.plugins,
+            offload: self.offload,
         }
     }
 
@@ -108,7 +111,8 @@ pub struct ChainMilter {
     macros: SharedMacros,
     headers: Vec<Header>,
     stages: StageNeeds,
-    blocking: bool,
+    plugins: bool,
+    offload: bool,
 }
 
 impl std::fmt::Debug for ChainMilter {
@@ -120,13 +124,15 @@ impl std::fmt::Debug for ChainMilter {
 }
 
 impl ChainMilter {
-    /// Runs one event through the chain. Plugin calls are synchronous wasm calls, so with
-    /// plugins configured they run on a blocking thread (the runner moves there and back).
+    /// Runs one event through the chain. Plugin calls are synchronous wasm calls bounded by
+    /// their deadlines: inline on the connection's task by default, or, when the chain
+    /// uses a capability that blocks on I/O (`auth`: DNS) or `[milter] plugin_threads =
+    /// "blocking"`, on a blocking thread (the runner moves there and back).
     async fn run(&mut self, event: Event) -> Outcome {
         let Some(mut runner) = self.runner.take() else {
             return lost_runner();
         };
-        if !self.blocking {
+        if !self.offload {
             let out = runner.run(event);
             self.runner = Some(runner);
             return out;
@@ -153,7 +159,7 @@ impl ChainMilter {
         let Some(mut runner) = self.runner.take() else {
             return;
         };
-        if !self.blocking {
+        if !self.offload {
             runner.end_transaction();
             self.runner = Some(runner);
             return;
@@ -329,7 +335,7 @@ impl Milter for ChainMilter {
                 | Actions::QUARANTINE,
             stages: (self.stages)(),
             replies: StageSet::ALL.without(MStage::Header),
-            macros: if self.blocking {
+            macros: if self.plugins {
                 requested_macros()
             } else {
                 Vec::new()
@@ -339,7 +345,7 @@ impl Milter for ChainMilter {
     }
 
     async fn connect(&mut self, cx: &Context<'_>, client: &Connect) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         action(
@@ -354,14 +360,14 @@ impl Milter for ChainMilter {
     }
 
     async fn helo(&mut self, cx: &Context<'_>, name: &Bytes) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         action(&self.run(Event::Helo(text(name))).await)
     }
 
     async fn mail(&mut self, cx: &Context<'_>, from: &Envelope) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         self.headers.clear();
@@ -376,7 +382,7 @@ impl Milter for ChainMilter {
     }
 
     async fn rcpt(&mut self, cx: &Context<'_>, to: &Envelope) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         action(
@@ -398,7 +404,7 @@ impl Milter for ChainMilter {
     }
 
     async fn eoh(&mut self, cx: &Context<'_>) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         let headers = std::mem::take(&mut self.headers);
@@ -410,14 +416,14 @@ impl Milter for ChainMilter {
     }
 
     async fn body(&mut self, cx: &Context<'_>, chunk: &Bytes) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         action(&self.run(Event::Body(chunk.to_vec())).await)
     }
 
     async fn eom(&mut self, cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
-        if self.blocking {
+        if self.plugins {
             refresh_macros(&self.macros, cx);
         }
         let outcome = self.run(Event::EndOfMessage).await;
@@ -498,7 +504,7 @@ pub async fn start(
         .iter()
         .chain(domains.values().flatten())
         .collect();
-    let (chains, stages, plugins): (ChainFactory, StageNeeds, bool) = match &host {
+    let (chains, stages, plugins, offload): (ChainFactory, StageNeeds, bool, bool) = match &host {
         Some(host) if !names.is_empty() => {
             for name in &names {
                 let plugin = host.get(name).with_context(|| {
@@ -530,7 +536,25 @@ pub async fn start(
             });
             let (h, c, d) = (host.clone(), chain, domains.clone());
             let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &d));
-            (chains, stages, true)
+            let uses_auth = names.iter().any(|n| {
+                host.get(n).is_some_and(|p| {
+                    p.meta
+                        .grants
+                        .contains(&crate::host::config::Capability::Auth)
+                })
+            });
+            // A call that may outlast progress_interval must not hold the connection's
+            // task, or SMFIR_PROGRESS could not be sent meanwhile.
+            let long_calls = names.iter().any(|n| {
+                host.get(n)
+                    .is_some_and(|p| p.meta.limits.call_deadline >= section.progress_interval)
+            });
+            let offload = match section.plugin_threads {
+                PluginThreads::Inline => false,
+                PluginThreads::Blocking => true,
+                PluginThreads::Auto => uses_auth || long_calls,
+            };
+            (chains, stages, true, offload)
         }
         _ => {
             if !names.is_empty() {
@@ -540,7 +564,7 @@ pub async fn start(
                 Arc::new(|_| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
             let stages: StageNeeds =
                 Arc::new(|| StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom));
-            (chains, stages, false)
+            (chains, stages, false, false)
         }
     };
     let spec: SocketSpec = section
@@ -557,7 +581,7 @@ pub async fn start(
     let listener = Listener::bind(&spec, mode)
         .await
         .with_context(|| format!("binding milter listener {spec}"))?;
-    info!(listen = %listener.local_spec().map(|s| s.to_string()).unwrap_or_default(), plugins = names.len(), "milter listening");
+    info!(listen = %listener.local_spec().map(|s| s.to_string()).unwrap_or_default(), plugins = names.len(), plugin_threads = if offload { "blocking" } else { "inline" }, "milter listening");
     let config = ServerConfig {
         max_frame: section.max_packet as usize,
         idle_timeout: section.idle_timeout,
@@ -574,6 +598,7 @@ pub async fn start(
                 chains,
                 stages,
                 plugins,
+                offload,
             }),
             config,
             shutdown,

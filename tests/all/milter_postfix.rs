@@ -291,8 +291,9 @@ value = "recovered"
     pf.wait_queue("deferred", sent, WAIT);
     assert!(
         pf.log().contains("4.3.0"),
-        "the deferral carries the plugin tempfail:\n{}",
-        pf.log()
+        "the deferral carries the plugin tempfail:\n{}\nwasmail:\n{}",
+        pf.log(),
+        serve.log_text()
     );
     assert!(pf.delivered("bob").is_empty());
     assert!(serve.log_text().contains("plugin failed"));
