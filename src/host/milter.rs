@@ -536,7 +536,8 @@ impl StagePlugin for WasmFilter {
                 self.body.clear();
                 self.truncated = false;
             }
-            Event::Headers(list) => {
+            // Only whole-message plugins need the headers kept for the message view.
+            Event::Headers(list) if matches!(self.body_mode(), BodyMode::Whole(_)) => {
                 self.headers = list
                     .iter()
                     .map(|h| (h.name.clone(), h.value.clone()))
@@ -562,10 +563,10 @@ impl StagePlugin for WasmFilter {
                 })
             }
             Event::Helo(h) => {
-                let h = h.clone();
+                let h: &str = h;
                 self.call_verdict(stage, |b, s| {
                     b.wasmail_plugin_filter()
-                        .call_on_helo(s, &h)
+                        .call_on_helo(s, h)
                         .map(Answer::Verdict)
                 })
             }
@@ -623,10 +624,10 @@ impl StagePlugin for WasmFilter {
                     StageResult::cont()
                 }
                 BodyMode::Chunks => {
-                    let chunk = chunk.clone();
+                    let chunk: &[u8] = chunk;
                     self.call_verdict(stage, |b, s| {
                         b.wasmail_plugin_filter()
-                            .call_on_body_chunk(s, &chunk, false)
+                            .call_on_body_chunk(s, chunk, false)
                             .map(Answer::Verdict)
                     })
                 }
