@@ -99,10 +99,7 @@ impl PluginEngine {
             .max_memories_per_component(4)
             .max_memory_size(max_memory)
             .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10)
-            // Memory protection keys (where the CPU has them) let the pool stripe slots
-            // more densely; no effect elsewhere.
-            .memory_protection_keys(Enabled::Auto);
+            .table_keep_resident(64 << 10);
         if pagemap_scan_supported() {
             pool.pagemap_scan(Enabled::Yes);
         }
