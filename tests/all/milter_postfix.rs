@@ -511,3 +511,115 @@ message = "Back on Monday."
         serve.log_text()
     );
 }
+
+#[test]
+fn postfix_applies_sender_change_header_insert_and_delete_and_rcpt_with_esmtp_args() {
+    let test = "postfix_applies_sender_change_header_insert_and_delete_and_rcpt_with_esmtp_args";
+    if !prerequisites(test) {
+        return;
+    }
+    let (_serve, pf) = start(
+        &["editor"],
+        r#"
+[plugin.editor]
+file = "{plugins}/stamp.wasm"
+[plugin.editor.settings]
+change_from = "<bounces@example.org>"
+insert_header = "X-First: inserted at the top"
+delete_header = "X-Remove-Me"
+add_rcpt = "<dave@example.com>"
+add_rcpt_args = "NOTIFY=NEVER"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &["--header", "X-Remove-Me: secret"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let bob = pf.wait_delivered("bob", 1, WAIT);
+    let dave = pf.wait_delivered("dave", 1, WAIT);
+    let m = &bob[0];
+    assert!(
+        m.contains("Return-Path: <bounces@example.org>"),
+        "sender changed: {m}"
+    );
+    assert_eq!(header(m, "X-Remove-Me"), None, "{m}");
+    let first_own = m
+        .lines()
+        .find(|l| l.starts_with("X-First:") || l.starts_with("Received:"))
+        .unwrap();
+    assert!(
+        first_own.starts_with("X-First:"),
+        "inserted above Postfix's own Received: {m}"
+    );
+    assert!(
+        dave[0].contains("X-Wasmail-Stamp"),
+        "added recipient got the message"
+    );
+    assert!(pf.log().contains("dave@example.com"), "{}", pf.log());
+}
+
+#[test]
+fn postfix_discard_and_accept_verdicts() {
+    let test = "postfix_discard_and_accept_verdicts";
+    if !prerequisites(test) {
+        return;
+    }
+    // The first plugin accepts at MAIL FROM (no later plugin runs for that message); the
+    // second would reject at end of headers.
+    let (_serve, pf) = start(
+        &["acceptor", "rejecter"],
+        r#"
+[plugin.acceptor]
+file = "{plugins}/stamp.wasm"
+[plugin.acceptor.settings]
+verdict_at = "mail-from"
+verdict = "accept"
+[plugin.rejecter]
+file = "{plugins}/stamp.wasm"
+[plugin.rejecter.settings]
+verdict_at = "end-of-headers"
+verdict = "reject"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "accept skips the rejecting plugin: {out}");
+    let got = pf.wait_delivered("bob", 1, WAIT);
+    assert_eq!(
+        header(&got[0], "X-Wasmail-Stamp"),
+        None,
+        "accepted messages carry no edits"
+    );
+    drop((_serve, pf));
+
+    let (_serve, pf) = start(
+        &["discarder"],
+        r#"
+[plugin.discarder]
+file = "{plugins}/stamp.wasm"
+[plugin.discarder.settings]
+verdict_at = "end-of-headers"
+verdict = "discard"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_eq!(code, 0, "a discarded message is accepted at SMTP: {out}");
+    let start = std::time::Instant::now();
+    while !pf.log().contains("milter-discard") {
+        assert!(start.elapsed() < WAIT, "{}", pf.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pf.delivered("bob").is_empty());
+}

@@ -20,6 +20,8 @@
 //! | `replace_body`   | replace the body with this text (line ends become CRLF)             |
 //! | `change_subject` | set the Subject (changes the first one, or adds one if missing)     |
 //! | `delete_header`  | delete the first header with this name                              |
+//! | `add_rcpt_args`  | ESMTP arguments for `add_rcpt` (e.g. `NOTIFY=NEVER`)                 |
+//! | `insert_header`  | `Name: value` inserted at the very top of the headers               |
 //! | `macros`         | comma list of milter macro names: adds `X-Wasmail-Macros: n=v; ...` |
 
 use wasmail_plugin_sdk::addr;
@@ -84,6 +86,8 @@ impl Filter for Stamp {
         let seen = SEEN.with_borrow(|s| seen_list(s));
         let settings = EditSettings {
             add_rcpt: config::get("add_rcpt"),
+            add_rcpt_args: config::get("add_rcpt_args"),
+            insert_header: config::get("insert_header"),
             delete_rcpt: config::get("delete_rcpt"),
             change_from: config::get("change_from"),
             replace_body: config::get("replace_body"),
@@ -152,6 +156,8 @@ fn seen_list(seen: &[Stage]) -> String {
 #[derive(Default)]
 struct EditSettings {
     add_rcpt: Option<String>,
+    add_rcpt_args: Option<String>,
+    insert_header: Option<String>,
     delete_rcpt: Option<String>,
     change_from: Option<String>,
     replace_body: Option<String>,
@@ -164,7 +170,20 @@ impl EditSettings {
     fn edits(self, has_subject: bool) -> Vec<Edit> {
         let mut edits = Vec::new();
         if let Some(a) = self.add_rcpt {
-            edits.push(Edit::add_recipient(a));
+            edits.push(match self.add_rcpt_args {
+                Some(args) => Edit::AddRecipient((a, args)),
+                None => Edit::add_recipient(a),
+            });
+        }
+        if let Some((name, value)) = self
+            .insert_header
+            .as_deref()
+            .and_then(|h| h.split_once(':'))
+        {
+            edits.push(Edit::InsertHeader((
+                0,
+                Header::new(name.trim(), value.trim()),
+            )));
         }
         if let Some(a) = self.delete_rcpt {
             edits.push(Edit::delete_recipient(a));
@@ -242,6 +261,7 @@ mod tests {
             replace_body: Some("one\ntwo\r\n".into()),
             change_subject: Some("New".into()),
             delete_header: Some("X-Junk".into()),
+            ..Default::default()
         };
         assert_eq!(
             s.edits(false),
@@ -261,6 +281,19 @@ mod tests {
         assert_eq!(
             s.edits(true),
             vec![Edit::change_header(1, "Subject", "New")]
+        );
+        let s = EditSettings {
+            add_rcpt: Some("a@x".into()),
+            add_rcpt_args: Some("NOTIFY=NEVER".into()),
+            insert_header: Some("X-Top: first".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.edits(true),
+            vec![
+                Edit::AddRecipient(("a@x".into(), "NOTIFY=NEVER".into())),
+                Edit::InsertHeader((0, Header::new("X-Top", "first"))),
+            ]
         );
     }
 }
