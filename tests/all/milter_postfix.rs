@@ -623,3 +623,45 @@ verdict = "discard"
     }
     assert!(pf.delivered("bob").is_empty());
 }
+
+#[test]
+fn several_messages_on_one_smtp_connection_each_get_a_fresh_plugin_instance() {
+    let test = "several_messages_on_one_smtp_connection_each_get_a_fresh_plugin_instance";
+    if !prerequisites(test) || !support::require_program(test, "smtp-source") {
+        return;
+    }
+    let (mut serve, pf) = start(
+        &["stamp"],
+        "[plugin.stamp]\nfile = \"{plugins}/stamp.wasm\"\n[plugin.stamp.settings]\nvalue = \"multi\"\n",
+    );
+    // -d: do not disconnect between messages; 5 messages over one SMTP session.
+    let out = std::process::Command::new(support::which("smtp-source").unwrap())
+        .args(["-d", "-s", "1", "-m", "5", "-l", "512", "-c"])
+        .args(["-f", "alice@example.org", "-t", "bob@example.com"])
+        .arg(format!("127.0.0.1:{}", pf.filter_port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = pf.wait_delivered("bob", 5, WAIT);
+    for m in &got {
+        assert_eq!(header(m, "X-Wasmail-Stamp"), Some("multi"));
+        let seen = header(m, "X-Wasmail-Seen").unwrap();
+        // Each message's instance saw connect and helo once (live or replayed) and exactly
+        // one transaction: nothing leaks from the previous message.
+        assert!(seen.starts_with("connect,helo,mail-from,rcpt,"), "{seen}");
+        assert_eq!(seen.matches("mail-from").count(), 1, "{seen}");
+        assert_eq!(seen.matches("end-of-message").count(), 1, "{seen}");
+    }
+    // Postfix closes the milter connection when the SMTP session ends.
+    serve.wait_for_log("messages=5", WAIT);
+    let log = serve.log_text();
+    let connections = log.matches("milter connection peer=").count();
+    assert_eq!(
+        connections, 1,
+        "one milter connection for the SMTP session:\n{log}"
+    );
+}
