@@ -247,8 +247,22 @@ fn failing_plugin_tempfails_then_hot_reload_delivers_the_queued_mail() {
     if !prerequisites("failing_plugin_tempfails_then_hot_reload_delivers_the_queued_mail") {
         return;
     }
+    queued_mail_survives_a_failing_plugin("trap");
+}
+
+#[test]
+fn timing_out_plugin_tempfails_then_hot_reload_delivers_the_queued_mail() {
+    if !prerequisites("timing_out_plugin_tempfails_then_hot_reload_delivers_the_queued_mail") {
+        return;
+    }
+    queued_mail_survives_a_failing_plugin("loop");
+}
+
+/// The faulty plugin (`mode` at end of message, on_error = tempfail) defers mail sent
+/// through a queueing Postfix; after the plugin file is replaced by a working one (hot
+/// reload) and the queue is flushed, every message is delivered.
+fn queued_mail_survives_a_failing_plugin(mode: &str) {
     let plugins = support::plugins_dir();
-    // policy.wasm starts as the faulty plugin (traps at end of message, on_error = tempfail).
     let dir = tempfile::tempdir().unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -269,11 +283,14 @@ dir = "{dir}/plugins"
 [plugin.policy]
 file = "policy.wasm"
 on_error = "tempfail"
+[plugin.policy.limits]
+call_deadline = "500ms"
 [plugin.policy.settings]
-mode = "trap"
+mode = "{mode}"
 value = "recovered"
-"#;
-    let mut serve = Serve::start_in(dir, config);
+"#
+    .replace("{mode}", mode);
+    let mut serve = Serve::start_in(dir, &config);
     let socket = serve.dir.path().join("milter.sock");
     let pf = Postfix::start(&format!("unix:{}", socket.display()), "");
     // Sent through the queueing listener: Postfix accepts, then its smtp client hands the
@@ -296,7 +313,14 @@ value = "recovered"
         serve.log_text()
     );
     assert!(pf.delivered("bob").is_empty());
-    assert!(serve.log_text().contains("plugin failed"));
+    let failure = serve
+        .log_text()
+        .lines()
+        .find(|l| l.contains("plugin failed"))
+        .map(str::to_string)
+        .expect("the failure is logged");
+    let kind = if mode == "loop" { "timeout" } else { "trap" };
+    assert!(failure.contains(&format!("kind=\"{kind}\"")), "{failure}");
 
     // Replace the plugin with a working one; the watcher reloads it.
     let tmp = serve.dir.path().join("plugins/policy.tmp");
