@@ -22,6 +22,7 @@
 //! | `delete_header`  | delete the first header with this name                              |
 //! | `add_rcpt_args`  | ESMTP arguments for `add_rcpt` (e.g. `NOTIFY=NEVER`)                 |
 //! | `insert_header`  | `Name: value` inserted at the very top of the headers               |
+//! | `stages`         | comma list of stages to subscribe to (default: all)                 |
 //! | `macros`         | comma list of milter macro names: adds `X-Wasmail-Macros: n=v; ...` |
 
 use wasmail_plugin_sdk::addr;
@@ -38,12 +39,21 @@ struct Stamp;
 
 impl Filter for Stamp {
     fn describe() -> Description {
-        Description::new(
-            "stamp",
-            env!("CARGO_PKG_VERSION"),
-            &Stage::ALL,
-            BodyMode::Chunks,
-        )
+        // Setting `stages` (comma list) narrows the subscription, e.g. to
+        // `end-of-message` for the one-plugin benchmark row.
+        let stages: Vec<Stage> = match config::get("stages") {
+            Some(list) => list
+                .split(',')
+                .filter_map(|s| Stage::from_name(s.trim()))
+                .collect(),
+            None => Stage::ALL.to_vec(),
+        };
+        let body = if stages.contains(&Stage::Body) {
+            BodyMode::Chunks
+        } else {
+            BodyMode::None
+        };
+        Description::new("stamp", env!("CARGO_PKG_VERSION"), &stages, body)
     }
 
     fn on_connect(_client: Client) -> Verdict {
