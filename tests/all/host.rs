@@ -605,3 +605,28 @@ file = "p.wasm"
     assert!(line.contains("loaded=[\"p\"]"), "{line}");
     assert!(serve.stop(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn fuel_budget_stops_a_busy_plugin_deterministically() {
+    // Fuel metering on, a generous wall-clock deadline: the instruction budget is what
+    // stops the loop.
+    let toml = faulty("loop", "tempfail", "end-of-message")
+        .replace(
+            "call_deadline = \"300ms\"",
+            "call_deadline = \"20s\"\ntransaction_budget = \"20s\"\nfuel = 5000000",
+        )
+        .replace("[plugins]\n", "[plugins]\nfuel = true\n");
+    let f = host(&toml, &["faulty"]);
+    let started = Instant::now();
+    let out = full(&f.host, &["faulty"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped by fuel, not by the deadline"
+    );
+    assert!(matches!(eom(&out).verdict, Verdict::Tempfail(_)), "{out:?}");
+    assert_eq!(
+        counter(&f.host, "faulty", |c| &c.timeouts),
+        1,
+        "out of fuel counts as a timeout"
+    );
+}
