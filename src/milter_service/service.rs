@@ -41,8 +41,9 @@ pub type StageNeeds = Arc<dyn Fn() -> StageSet + Send + Sync>;
 pub struct ServiceFactory {
     chains: ChainFactory,
     stages: StageNeeds,
-    /// Whether any plugin is configured.
-    plugins: bool,
+    /// Whether a loaded plugin imports `wasmail:plugin/macros` (asked per connection, so a
+    /// reloaded plugin that starts using macros gets them from the next connection on).
+    wants_macros: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Whether plugin calls run on tokio's blocking threads instead of inline.
     offload: bool,
 }
@@ -64,7 +65,7 @@ impl MilterFactory for ServiceFactory {
             macros,
             headers: Vec::new(),
             stages: self.stages.clone(),
-            plugins: self.plugins,
+            plugins: (self.wants_macros)(),
             offload: self.offload,
         }
     }
@@ -111,6 +112,7 @@ pub struct ChainMilter {
     macros: SharedMacros,
     headers: Vec<Header>,
     stages: StageNeeds,
+    /// Whether plugins read macros (then they are requested and copied before each stage).
     plugins: bool,
     offload: bool,
 }
@@ -504,69 +506,82 @@ pub async fn start(
         .iter()
         .chain(domains.values().flatten())
         .collect();
-    let (chains, stages, plugins, offload): (ChainFactory, StageNeeds, bool, bool) = match &host {
-        Some(host) if !names.is_empty() => {
-            for name in &names {
-                let plugin = host.get(name).with_context(|| {
-                    format!("[milter] uses plugin `{name}`, which is not loaded")
-                })?;
-                if plugin.milter_description().is_none() {
-                    anyhow::bail!(
-                        "[milter] uses plugin `{name}` ({}), which is a `{}` plugin, not milter-filter",
-                        plugin.file.display(),
-                        plugin.world
-                    );
+    type WantsMacros = Arc<dyn Fn() -> bool + Send + Sync>;
+    let (chains, stages, wants_macros, offload): (ChainFactory, StageNeeds, WantsMacros, bool) =
+        match &host {
+            Some(host) if !names.is_empty() => {
+                for name in &names {
+                    let plugin = host.get(name).with_context(|| {
+                        format!("[milter] uses plugin `{name}`, which is not loaded")
+                    })?;
+                    if plugin.milter_description().is_none() {
+                        anyhow::bail!(
+                            "[milter] uses plugin `{name}` ({}), which is a `{}` plugin, not milter-filter",
+                            plugin.file.display(),
+                            plugin.world
+                        );
+                    }
                 }
-            }
-            let chain = Arc::new(section.chain.clone());
-            let (h, c, d) = (host.clone(), chain.clone(), domains.clone());
-            let chains: ChainFactory = Arc::new(move |macros: SharedMacros| {
-                let global: Vec<Box<dyn super::chain::StagePlugin>> = c
-                    .iter()
-                    .filter_map(|n| WasmFilter::new(h.clone(), n, None))
-                    .map(|p| {
-                        Box::new(p.with_macros(macros.clone()))
-                            as Box<dyn super::chain::StagePlugin>
+                let chain = Arc::new(section.chain.clone());
+                let (h, c, d) = (host.clone(), chain.clone(), domains.clone());
+                let chains: ChainFactory = Arc::new(move |macros: SharedMacros| {
+                    let global: Vec<Box<dyn super::chain::StagePlugin>> = c
+                        .iter()
+                        .filter_map(|n| WasmFilter::new(h.clone(), n, None))
+                        .map(|p| {
+                            Box::new(p.with_macros(macros.clone()))
+                                as Box<dyn super::chain::StagePlugin>
+                        })
+                        .collect();
+                    ChainRunner::new(
+                        global,
+                        Box::new(HostDomainChains::new(h.clone(), d.clone()).with_macros(macros)),
+                    )
+                });
+                let (h, c, d) = (host.clone(), chain, domains.clone());
+                let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &d));
+                let uses_auth = names.iter().any(|n| {
+                    host.get(n).is_some_and(|p| {
+                        p.meta
+                            .grants
+                            .contains(&crate::host::config::Capability::Auth)
                     })
-                    .collect();
-                ChainRunner::new(
-                    global,
-                    Box::new(HostDomainChains::new(h.clone(), d.clone()).with_macros(macros)),
-                )
-            });
-            let (h, c, d) = (host.clone(), chain, domains.clone());
-            let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &d));
-            let uses_auth = names.iter().any(|n| {
-                host.get(n).is_some_and(|p| {
-                    p.meta
-                        .grants
-                        .contains(&crate::host::config::Capability::Auth)
-                })
-            });
-            // A call that may outlast progress_interval must not hold the connection's
-            // task, or SMFIR_PROGRESS could not be sent meanwhile.
-            let long_calls = names.iter().any(|n| {
-                host.get(n)
-                    .is_some_and(|p| p.meta.limits.call_deadline >= section.progress_interval)
-            });
-            let offload = match section.plugin_threads {
-                PluginThreads::Inline => false,
-                PluginThreads::Blocking => true,
-                PluginThreads::Auto => uses_auth || long_calls,
-            };
-            (chains, stages, true, offload)
-        }
-        _ => {
-            if !names.is_empty() {
-                anyhow::bail!("[milter] names plugins but no plugin host was started");
+                });
+                // A call that may outlast progress_interval must not hold the connection's
+                // task, or SMFIR_PROGRESS could not be sent meanwhile.
+                let long_calls = names.iter().any(|n| {
+                    host.get(n)
+                        .is_some_and(|p| p.meta.limits.call_deadline >= section.progress_interval)
+                });
+                let offload = match section.plugin_threads {
+                    PluginThreads::Inline => false,
+                    PluginThreads::Blocking => true,
+                    PluginThreads::Auto => uses_auth || long_calls,
+                };
+                let (h, all): (Arc<PluginHost>, Vec<String>) =
+                    (host.clone(), names.iter().map(|n| n.to_string()).collect());
+                let wants_macros: WantsMacros = Arc::new(move || {
+                    all.iter().any(|n| {
+                        h.get(n).is_some_and(|p| {
+                            p.imports
+                                .iter()
+                                .any(|i| i.starts_with("wasmail:plugin/macros"))
+                        })
+                    })
+                });
+                (chains, stages, wants_macros, offload)
             }
-            let chains: ChainFactory =
-                Arc::new(|_| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
-            let stages: StageNeeds =
-                Arc::new(|| StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom));
-            (chains, stages, false, false)
-        }
-    };
+            _ => {
+                if !names.is_empty() {
+                    anyhow::bail!("[milter] names plugins but no plugin host was started");
+                }
+                let chains: ChainFactory =
+                    Arc::new(|_| ChainRunner::new(Vec::new(), Box::new(NoDomainChains)));
+                let stages: StageNeeds =
+                    Arc::new(|| StageSet::EMPTY.with(MStage::Mail).with(MStage::Eom));
+                (chains, stages, Arc::new(|| false) as WantsMacros, false)
+            }
+        };
     let spec: SocketSpec = section
         .listen
         .parse()
@@ -597,7 +612,7 @@ pub async fn start(
             Arc::new(ServiceFactory {
                 chains,
                 stages,
-                plugins,
+                wants_macros,
                 offload,
             }),
             config,
