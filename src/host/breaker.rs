@@ -61,7 +61,9 @@ impl FailureKind {
         if text.contains("growing memory") || text.contains("memory minimum size") {
             FailureKind::Memory
         } else {
-            FailureKind::Trap(first_line(&text))
+            // The outermost context is wasmtime's "error while executing at wasm
+            // backtrace"; the root cause says what actually happened.
+            FailureKind::Trap(first_line(&e.root_cause().to_string()))
         }
     }
 }
@@ -298,5 +300,11 @@ mod tests {
         assert_eq!(FailureKind::classify(&e), FailureKind::Timeout);
         let e = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
         assert!(matches!(FailureKind::classify(&e), FailureKind::Trap(_)));
+        let e = wasmtime::Error::msg("plugins have no stderr").context("error while executing");
+        assert_eq!(
+            FailureKind::classify(&e),
+            FailureKind::Trap("plugins have no stderr".into()),
+            "the root cause, not the outer context"
+        );
     }
 }

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tracing::{error, warn};
-
 use super::bindings::hook::exports::wasmail::plugin::hook as whook;
 use super::bindings::policy::exports::wasmail::plugin::access as waccess;
 use super::bindings::table::exports::wasmail::plugin::lookup as wlookup;
-use super::breaker::{FailureKind, Tripped};
+use super::breaker::FailureKind;
 use super::plugin::{LoadedPlugin, Pre, new_store};
 use super::set::PluginHost;
 use super::state::HostState;
@@ -32,23 +30,7 @@ pub struct CallError {
 }
 
 fn fail(plugin: &Arc<LoadedPlugin>, what: &str, kind: FailureKind) -> CallError {
-    if !matches!(kind, FailureKind::BreakerOpen) {
-        plugin.counters.count(&kind);
-        if let Tripped::Opened(period) = plugin.breaker.record_failure(Instant::now()) {
-            warn!(
-                plugin = %plugin.meta.name, version = %plugin.meta.version,
-                open_secs = period.as_secs_f64(),
-                "circuit breaker opened: plugin version skipped (on_error applies)"
-            );
-        }
-    } else {
-        plugin.counters.count(&kind);
-    }
-    error!(
-        plugin = %plugin.meta.name, version = %plugin.meta.version, stage = what,
-        kind = kind.label(), detail = %kind, on_error = ?plugin.on_error,
-        "plugin failed"
-    );
+    plugin.record_failure(what, &kind);
     CallError {
         plugin: Some(plugin.clone()),
         kind,

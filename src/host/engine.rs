@@ -292,42 +292,39 @@ fn wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn milter_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+/// A linker with the sandboxed WASI and one world's capability imports.
+fn linker_with(
+    engine: &Engine,
+    add_world: impl FnOnce(&mut Linker<HostState>) -> wasmtime::Result<()>,
+) -> anyhow::Result<Linker<HostState>> {
     let mut l = Linker::new(engine);
     wasi(&mut l)?;
-    bindings::milter::MilterFilter::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
+    add_world(&mut l)?;
     Ok(l)
+}
+
+type Data = wasmtime::component::HasSelf<HostState>;
+
+fn milter_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    linker_with(engine, |l| {
+        bindings::milter::MilterFilter::add_to_linker::<_, Data>(l, |s| s)
+    })
 }
 
 fn table_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasi(&mut l)?;
-    bindings::table::Table::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
-    Ok(l)
+    linker_with(engine, |l| {
+        bindings::table::Table::add_to_linker::<_, Data>(l, |s| s)
+    })
 }
 
 fn policy_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasi(&mut l)?;
-    bindings::policy::Policy::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
-    Ok(l)
+    linker_with(engine, |l| {
+        bindings::policy::Policy::add_to_linker::<_, Data>(l, |s| s)
+    })
 }
 
 fn hook_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasi(&mut l)?;
-    bindings::hook::MailHook::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
-    Ok(l)
+    linker_with(engine, |l| {
+        bindings::hook::MailHook::add_to_linker::<_, Data>(l, |s| s)
+    })
 }

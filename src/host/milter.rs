@@ -22,16 +22,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{error, warn};
+use tracing::warn;
 use wasmtime::Store;
 
 use super::bindings::milter::MilterFilter;
 use super::bindings::milter::wasmail::plugin::milter_types as wt;
 use super::bindings::milter::wasmail::plugin::types as wtypes;
-use super::breaker::{FailureKind, Tripped};
+use super::breaker::FailureKind;
 use super::caps::message::assemble;
 use super::config::OnError;
-use super::plugin::{BodyMode, LoadedPlugin, Pre, failure, new_store};
+use super::plugin::{BodyMode, LoadedPlugin, Pre, new_store};
 use super::set::PluginHost;
 use super::state::{HostState, SharedMacros};
 use crate::milter_service::chain::{
@@ -265,23 +265,7 @@ impl WasmFilter {
     }
 
     fn on_failure(&mut self, stage: Stage, kind: FailureKind) -> StageResult {
-        let p = &self.plugin;
-        p.counters.count(&kind);
-        let policy = p.on_error;
-        error!(
-            plugin = %p.meta.name, version = %p.meta.version, stage = stage_name(stage),
-            kind = kind.label(), detail = %kind, on_error = ?policy,
-            "plugin failed"
-        );
-        if !matches!(kind, FailureKind::BreakerOpen)
-            && let Tripped::Opened(period) = p.breaker.record_failure(Instant::now())
-        {
-            warn!(
-                plugin = %p.meta.name, version = %p.meta.version,
-                open_secs = period.as_secs_f64(),
-                "circuit breaker opened: plugin version skipped (on_error applies)"
-            );
-        }
+        self.plugin.record_failure(stage_name(stage), &kind);
         self.live = None;
         self.failed = true;
         self.policy_result()
@@ -397,10 +381,7 @@ impl WasmFilter {
                 }
                 Ok(a)
             }
-            Err(e) => {
-                let kind = failure_kind(&e);
-                Err(self.on_failure(stage, kind))
-            }
+            Err(e) => Err(self.on_failure(stage, FailureKind::classify(&e))),
         }
     }
 
@@ -484,10 +465,6 @@ impl WasmFilter {
             Err(r) => r,
         }
     }
-}
-
-fn failure_kind(e: &wasmtime::Error) -> FailureKind {
-    FailureKind::classify(e)
 }
 
 impl StagePlugin for WasmFilter {
@@ -651,7 +628,8 @@ impl StagePlugin for WasmFilter {
                 .wasmail_plugin_filter()
                 .call_on_abort(&mut live.store)
             {
-                let kind = failure(&self.plugin, &e);
+                let kind = FailureKind::classify(&e);
+                self.plugin.counters.count(&kind);
                 warn!(plugin = %self.name, version = %self.plugin.meta.version, kind = kind.label(), detail = %kind, "plugin failed in on-abort");
             }
         }

@@ -511,9 +511,26 @@ fn milter_description(
     })
 }
 
-/// Classifies an error and counts it.
-pub fn failure(plugin: &LoadedPlugin, e: &wasmtime::Error) -> FailureKind {
-    let kind = FailureKind::classify(e);
-    plugin.counters.count(&kind);
-    kind
+impl LoadedPlugin {
+    /// Records a failure of this version at `stage`: counts it by kind, feeds the circuit
+    /// breaker (unless the breaker itself skipped the call) and logs it with the plugin,
+    /// version, stage, kind and failure policy. Shared by every service's adapter.
+    pub fn record_failure(&self, stage: &str, kind: &FailureKind) {
+        self.counters.count(kind);
+        tracing::error!(
+            plugin = %self.meta.name, version = %self.meta.version, stage,
+            kind = kind.label(), detail = %kind, on_error = ?self.on_error,
+            "plugin failed"
+        );
+        if !matches!(kind, FailureKind::BreakerOpen)
+            && let super::breaker::Tripped::Opened(period) =
+                self.breaker.record_failure(std::time::Instant::now())
+        {
+            tracing::warn!(
+                plugin = %self.meta.name, version = %self.meta.version,
+                open_secs = period.as_secs_f64(),
+                "circuit breaker opened: plugin version skipped (on_error applies)"
+            );
+        }
+    }
 }

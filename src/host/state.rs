@@ -357,24 +357,33 @@ fn report(r: AuthReport) -> wit::auth::Report {
     }
 }
 
-impl wit::auth::Host for HostState {
-    fn check(&mut self) -> wasmtime::Result<wit::auth::Report> {
+impl HostState {
+    /// The authenticator and the buffered message, for the `auth` capability.
+    fn auth_and_message(&self) -> wasmtime::Result<(Arc<Authenticator>, Arc<Vec<u8>>)> {
         self.grant(Capability::Auth)?;
         let auth = self
             .services
             .auth
             .clone()
             .ok_or_else(|| wasmtime::Error::msg("the auth capability is not configured"))?;
+        let raw = self
+            .message
+            .raw
+            .clone()
+            .ok_or_else(|| wasmtime::Error::new(Denied::NoMessage("auth")))?;
+        Ok((auth, raw))
+    }
+}
+
+impl wit::auth::Host for HostState {
+    fn check(&mut self) -> wasmtime::Result<wit::auth::Report> {
+        let (auth, raw) = self.auth_and_message()?;
         let runtime = self
             .services
             .runtime
             .clone()
             .ok_or_else(|| wasmtime::Error::msg("no runtime for the auth capability"))?;
         let ctx = &self.message;
-        let raw = ctx
-            .raw
-            .clone()
-            .ok_or_else(|| wasmtime::Error::new(Denied::NoMessage("auth")))?;
         let input = AuthInput {
             client_ip: ctx.client_ip,
             helo: &ctx.helo,
@@ -393,17 +402,7 @@ impl wit::auth::Host for HostState {
     }
 
     fn dkim_sign(&mut self, key_id: String) -> wasmtime::Result<Result<String, String>> {
-        self.grant(Capability::Auth)?;
-        let auth = self
-            .services
-            .auth
-            .clone()
-            .ok_or_else(|| wasmtime::Error::msg("the auth capability is not configured"))?;
-        let raw = self
-            .message
-            .raw
-            .clone()
-            .ok_or_else(|| wasmtime::Error::new(Denied::NoMessage("auth")))?;
+        let (auth, raw) = self.auth_and_message()?;
         Ok(auth.dkim_sign(&key_id, &raw))
     }
 }
