@@ -11,25 +11,12 @@ use std::time::{Duration, Instant};
 
 use wasmail::config::Config;
 use wasmail::host::engine::World;
-use wasmail::host::milter::WasmFilter;
 use wasmail::host::set::PluginHost;
 use wasmail::host::state::Services;
-use wasmail::milter_service::chain::{
-    ChainRunner, Edit, Event, Header, NoDomainChains, Outcome, Stage, StagePlugin, Verdict,
-};
+use wasmail::milter_service::chain::{ChainRunner, Event, Header, Outcome, Stage, Verdict};
 
 use crate::support;
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
+use crate::support::chain::{eom, header_edit, runner, runtime};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -60,17 +47,6 @@ fn host(toml: &str, milter: &[&str]) -> Fixture {
         _dir: dir,
         host: host.unwrap_or_else(|e| panic!("loading plugins: {e:#}")),
     }
-}
-
-fn runner(host: &Arc<PluginHost>, chain: &[&str]) -> ChainRunner {
-    let plugins = chain
-        .iter()
-        .map(|n| {
-            Box::new(WasmFilter::new(host.clone(), n, None).expect("milter plugin"))
-                as Box<dyn StagePlugin>
-        })
-        .collect();
-    ChainRunner::new(plugins, Box::new(NoDomainChains))
 }
 
 fn headers(list: &[(&str, &str)]) -> Vec<Header> {
@@ -145,23 +121,6 @@ fn full(host: &Arc<PluginHost>, chain: &[&str]) -> Vec<(Stage, Outcome)> {
     let mut events = connect_events();
     events.extend(simple_message());
     run(&mut r, events)
-}
-
-fn eom(outcomes: &[(Stage, Outcome)]) -> &Outcome {
-    let (stage, o) = outcomes.last().expect("some outcome");
-    assert_eq!(
-        *stage,
-        Stage::EndOfMessage,
-        "the message did not reach end of message: {outcomes:?}"
-    );
-    o
-}
-
-fn header_edit<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
-    o.edits.iter().find_map(|e| match e {
-        Edit::AddHeader { name: n, value } if n.eq_ignore_ascii_case(name) => Some(value.as_str()),
-        _ => None,
-    })
 }
 
 fn counter(

@@ -31,12 +31,25 @@ fn start_with(
     milter_extra: &str,
     main_cf: &str,
 ) -> (Serve, Postfix) {
+    start_prepared(chain, plugins, milter_extra, main_cf, |_| {})
+}
+
+/// [`start_with`], calling `prepare` with wasmail's temp dir (which has a `plugins/`
+/// subdirectory, the `[plugins] dir`) before wasmail starts.
+fn start_prepared(
+    chain: &[&str],
+    plugins: &str,
+    milter_extra: &str,
+    main_cf: &str,
+    prepare: impl FnOnce(&std::path::Path),
+) -> (Serve, Postfix) {
     let dir = tempfile::tempdir().unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    prepare(dir.path());
     let socket = dir.path().join("milter.sock");
     let postfix = Postfix::start(&format!("unix:{}", socket.display()), main_cf);
     let chain_list = chain
@@ -263,36 +276,21 @@ fn timing_out_plugin_tempfails_then_hot_reload_delivers_the_queued_mail() {
 /// reload) and the queue is flushed, every message is delivered.
 fn queued_mail_survives_a_failing_plugin(mode: &str) {
     let plugins = support::plugins_dir();
-    let dir = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
-    let live = dir.path().join("plugins/policy.wasm");
-    std::fs::copy(plugins.join("faulty.wasm"), &live).unwrap();
-    let config = r#"
-[server]
-shutdown_grace = "5s"
-[milter]
-listen = "unix:{dir}/milter.sock"
-socket_mode = "0666"
-chain = ["policy"]
-[plugins]
-dir = "{dir}/plugins"
-[plugin.policy]
-file = "policy.wasm"
-on_error = "tempfail"
-[plugin.policy.limits]
-call_deadline = "500ms"
-[plugin.policy.settings]
-mode = "{mode}"
-value = "recovered"
-"#
-    .replace("{mode}", mode);
-    let mut serve = Serve::start_in(dir, &config);
-    let socket = serve.dir.path().join("milter.sock");
-    let pf = Postfix::start(&format!("unix:{}", socket.display()), "");
+    // policy.wasm is a copy in wasmail's own plugin dir, so the test can replace it.
+    let (mut serve, pf) = start_prepared(
+        &["policy"],
+        &format!(
+            "[plugin.policy]\nfile = \"policy.wasm\"\non_error = \"tempfail\"\n\
+             [plugin.policy.limits]\ncall_deadline = \"500ms\"\n\
+             [plugin.policy.settings]\nmode = \"{mode}\"\nvalue = \"recovered\"\n"
+        ),
+        "",
+        "",
+        |dir| {
+            std::fs::copy(plugins.join("faulty.wasm"), dir.join("plugins/policy.wasm")).unwrap();
+        },
+    );
+    let live = serve.dir.path().join("plugins/policy.wasm");
     // Sent through the queueing listener: Postfix accepts, then its smtp client hands the
     // message to the milter-protected listener and gets 4xx; the message stays deferred.
     let sent = 3;
@@ -321,6 +319,11 @@ value = "recovered"
         .expect("the failure is logged");
     let kind = if mode == "loop" { "timeout" } else { "trap" };
     assert!(failure.contains(&format!("kind=\"{kind}\"")), "{failure}");
+    if mode == "trap" {
+        // The Rust panic writes to stderr first; the host's restricted WASI traps there
+        // (this also proves the restriction matches the WASI version wasmtime-wasi links).
+        assert!(failure.contains("plugins have no stderr"), "{failure}");
+    }
 
     // Replace the plugin with a working one; the watcher reloads it.
     let tmp = serve.dir.path().join("plugins/policy.tmp");

@@ -15,28 +15,15 @@ use wasmail::host::calls::{
 use wasmail::host::caps::auth::{Authenticator, StaticDns};
 use wasmail::host::cli::split_message;
 use wasmail::host::engine::World;
-use wasmail::host::milter::WasmFilter;
 use wasmail::host::set::PluginHost;
 use wasmail::host::state::Services;
-use wasmail::milter_service::chain::{
-    ChainRunner, Edit, Event, NoDomainChains, Outcome, Reply, Stage, StagePlugin, Verdict,
-};
+use wasmail::milter_service::chain::{ChainRunner, Edit, Event, Outcome, Reply, Stage, Verdict};
 
 use crate::support;
+use crate::support::chain::{eom, header_edit, runner, runtime};
 
 // ---------------------------------------------------------------------------------------
 // Helpers (the patterns of host.rs)
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// Parses `toml` (`{plugins}` = built plugin dir, `{dir}` = `dir`).
 fn config_in(dir: &Path, toml: &str) -> Config {
@@ -78,17 +65,6 @@ fn host(toml: &str, milter: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let host = host_in(dir.path(), toml, milter);
     Fixture { _dir: dir, host }
-}
-
-fn runner(host: &Arc<PluginHost>, chain: &[&str]) -> ChainRunner {
-    let plugins = chain
-        .iter()
-        .map(|n| {
-            Box::new(WasmFilter::new(host.clone(), n, None).expect("milter plugin"))
-                as Box<dyn StagePlugin>
-        })
-        .collect();
-    ChainRunner::new(plugins, Box::new(NoDomainChains))
 }
 
 fn connect_events(ip: &str) -> Vec<Event> {
@@ -142,23 +118,6 @@ fn run(r: &mut ChainRunner, events: Vec<Event>) -> Vec<(Stage, Outcome)> {
 /// One message through `chain` on a new connection.
 fn deliver(host: &Arc<PluginHost>, chain: &[&str], events: Vec<Event>) -> Vec<(Stage, Outcome)> {
     run(&mut runner(host, chain), events)
-}
-
-fn eom(outcomes: &[(Stage, Outcome)]) -> &Outcome {
-    let (stage, o) = outcomes.last().expect("some outcome");
-    assert_eq!(
-        *stage,
-        Stage::EndOfMessage,
-        "the message did not reach end of message: {outcomes:?}"
-    );
-    o
-}
-
-fn header_edit<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
-    o.edits.iter().find_map(|e| match e {
-        Edit::AddHeader { name: n, value } if n.eq_ignore_ascii_case(name) => Some(value.as_str()),
-        _ => None,
-    })
 }
 
 #[track_caller]
