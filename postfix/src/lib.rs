@@ -1,0 +1,1 @@
+//! Sans-IO codecs for Postfix's lookup and policy protocols (filled in next).

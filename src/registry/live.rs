@@ -1,0 +1,5 @@
+//! Live registry snapshot (filled in by the registry work).
+
+/// Placeholder.
+#[derive(Debug)]
+pub struct Live;
