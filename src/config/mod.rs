@@ -48,9 +48,10 @@ pub struct Config {
     /// Loaded plugins, one `[plugin.NAME]` table each.
     #[serde(default)]
     pub plugin: BTreeMap<String, PluginEntry>,
-    /// The domain registry (domains, mailboxes, aliases, per-domain chains).
-    #[serde(default)]
-    pub registry: RegistrySection,
+    /// The domain registry (domains, mailboxes, aliases, per-domain chains). Absent = the
+    /// defaults, opened only by services that need it (lookup, policy); present = also
+    /// opened for the milter's per-domain chains. See [`Config::registry_section`].
+    pub registry: Option<RegistrySection>,
     /// Postfix socketmap / tcp_table responder; absent = not started.
     pub lookup: Option<LookupSection>,
     /// Postfix SMTPD policy delegation responder; absent = not started.
@@ -278,6 +279,21 @@ impl Config {
                 }
             }
         }
+        let plugin_exists = |name: &str| self.plugin.contains_key(name);
+        if let Some(r) = &self.registry {
+            r.validate("registry", v);
+        }
+        if let Some(l) = &self.lookup {
+            l.validate("lookup", &plugin_exists, v);
+        }
+        if let Some(p) = &self.policy {
+            p.validate("policy", &plugin_exists, v);
+        }
+    }
+
+    /// The `[registry]` section, or its defaults when the file has none.
+    pub fn registry_section(&self) -> RegistrySection {
+        self.registry.clone().unwrap_or_default()
     }
 
     /// Names of the services this configuration starts, for logs and `check-config`.

@@ -8,15 +8,23 @@
 //! backend's [`Registry::generation`] changes (another process, e.g. `wasmail domain add`,
 //! committed a change). So changes take effect without restart, within one refresh
 //! interval.
+//!
+//! Every backend validates and normalises its input with the functions in [`validate`]
+//! (lower-case names, checked addresses, transports and chains), so values read back are
+//! canonical. Passwords are stored as Dovecot-compatible hashes made by [`password`].
+//! [`config::RegistrySection`] selects the backend; [`cli`] implements the `wasmail domain`,
+//! `mailbox` and `alias` commands on top of the trait.
 
 pub mod cli;
 pub mod config;
 pub mod live;
 pub mod password;
 pub mod sqlite;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 pub use live::Live;
 
@@ -32,6 +40,9 @@ pub enum RegistryError {
     /// The thing to change or remove does not exist.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A mailbox or alias names a domain that is not in the registry.
+    #[error("domain {0} is not in the registry; add it with `wasmail domain add {0}`")]
+    UnknownDomain(String),
     /// Removing it would leave dangling entries (e.g. a domain that still has mailboxes).
     #[error("{0}")]
     InUse(String),
@@ -169,4 +180,16 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn add_alias(&self, alias: &Alias) -> Result<()>;
     /// Removes an alias.
     fn remove_alias(&self, source: &str) -> Result<()>;
+
+    /// Where the data lives (a file path, an endpoint), for logs and messages.
+    fn location(&self) -> String {
+        "registry".to_string()
+    }
+}
+
+/// Opens the backend that `section` selects (creating an SQLite file if needed).
+pub fn open(section: &config::RegistrySection) -> Result<Arc<dyn Registry>> {
+    match section.backend {
+        config::Backend::Sqlite => Ok(Arc::new(sqlite::SqliteRegistry::open(&section.path)?)),
+    }
 }
