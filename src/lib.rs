@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod fastcontainer;
 pub mod host;
+pub mod listen;
 pub mod lookup;
 pub mod milter_service;
 pub mod policy;

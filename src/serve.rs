@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::host::engine::World;
 use crate::host::set::PluginHost;
 use crate::host::state::Services;
+use crate::registry::Live;
 
 /// A service future: resolves when the service has stopped.
 pub type ServiceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub config: std::sync::Arc<Config>,
     /// The plugin host, when any `[plugin.NAME]` is configured.
     pub plugins: Option<std::sync::Arc<PluginHost>>,
+    /// The live domain registry, when a service that reads it is configured.
+    pub registry: Option<std::sync::Arc<Live>>,
 }
 
 /// Runs `serve` on a fresh multi-threaded runtime until shutdown.
@@ -55,8 +58,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(host) if config.plugins.watch => Some(host.watch()?),
         _ => None,
     };
-    let shared = Shared { config, plugins };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let registry = open_registry(&config).await?;
+    if let Some(live) = &registry {
+        live.spawn_refresher(config.registry_section().refresh, shutdown_rx.clone());
+    }
+    let shared = Shared {
+        config,
+        plugins,
+        registry,
+    };
     let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     for (name, fut) in build_services(&shared, shutdown_rx.clone()).await? {
         services.spawn(async move { (name, fut.await) });
@@ -129,13 +140,61 @@ async fn build_services(
 ) -> anyhow::Result<Vec<(&'static str, ServiceFuture)>> {
     let mut services: Vec<(&'static str, ServiceFuture)> = Vec::new();
     if let Some(milter) = shared.config.milter.clone() {
-        let service =
-            crate::milter_service::service::start(milter, shared.plugins.clone(), shutdown.clone())
-                .await
-                .context("starting the milter service")?;
+        let service = crate::milter_service::service::start(
+            milter,
+            shared.plugins.clone(),
+            shared.registry.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the milter service")?;
         services.push(("milter", service));
     }
+    if let Some(lookup) = shared.config.lookup.clone() {
+        let tables =
+            crate::lookup::Tables::new(&lookup, shared.registry.clone(), shared.plugins.clone())
+                .context("[lookup] tables")?;
+        let service = crate::lookup::service::start(lookup, tables, shutdown.clone())
+            .await
+            .context("starting the lookup service")?;
+        services.push(("lookup", service));
+    }
+    if let Some(policy) = shared.config.policy.clone() {
+        let service = crate::policy::service::start(
+            policy,
+            shared.registry.clone(),
+            shared.plugins.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the policy service")?;
+        services.push(("policy", service));
+    }
     Ok(services)
+}
+
+/// Opens the domain registry when a service that reads it is configured (the lookup and
+/// policy responders), or the file has a `[registry]` section (the milter then also runs
+/// registry domain chains); the schema is created or migrated here.
+async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
+    if config.lookup.is_none() && config.policy.is_none() && config.registry.is_none() {
+        return Ok(None);
+    }
+    let section = config.registry_section();
+    let path = section.path.clone();
+    let live = tokio::task::spawn_blocking(move || Live::open(&section))
+        .await
+        .context("registry thread")?
+        .context("opening the registry")?;
+    let snap = live.snapshot();
+    info!(
+        path = %path.display(),
+        domains = snap.domains.len(),
+        mailboxes = snap.mailboxes.len(),
+        aliases = snap.aliases.len(),
+        "registry open"
+    );
+    Ok(Some(live))
 }
 
 /// Builds the capability services and loads every configured plugin (off the runtime's
@@ -154,6 +213,16 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
             .chain(m.domains.values().flat_map(|d| d.chain.iter()))
         {
             expect.insert(name.clone(), World::MilterFilter);
+        }
+    }
+    if let Some(l) = &config.lookup {
+        for name in l.plugins() {
+            expect.insert(name.clone(), World::Table);
+        }
+    }
+    if let Some(p) = &config.policy {
+        for name in &p.chain {
+            expect.insert(name.clone(), World::Policy);
         }
     }
     let runtime = tokio::runtime::Handle::current();

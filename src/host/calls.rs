@@ -67,28 +67,37 @@ fn wrong_world(what: &str) -> wasmtime::Error {
     wasmtime::Error::msg(format!("plugin is not a {what} plugin"))
 }
 
-/// Looks `key` up in `table` through table plugin `name`.
+/// Looks a key up in `table` through table plugin `name`: `candidates` are the folded
+/// keys in search order (see `crate::lookup::search`), tried in one instance until an
+/// answer other than not-found; `original` is the key as Postfix sent it. Returns the
+/// index of the candidate that answered (the last one for not-found) and the answer.
 pub fn lookup(
     host: &PluginHost,
     name: &str,
     domain: Option<&str>,
     table: &str,
-    folded: &str,
+    candidates: &[String],
     original: &str,
-) -> Result<LookupAnswer, CallError> {
+) -> Result<(usize, LookupAnswer), CallError> {
     once(host, name, domain, "lookup", |pre, store| {
         let Pre::Table(p) = pre else {
             return Err(wrong_world("table"));
         };
         let inst = p.instantiate(&mut *store)?;
-        inst.wasmail_plugin_lookup().call_lookup(
-            &mut *store,
-            table,
-            &wlookup::Key {
-                folded: folded.to_string(),
+        let iface = inst.wasmail_plugin_lookup();
+        let mut last = (0, LookupAnswer::NotFound);
+        for (i, folded) in candidates.iter().enumerate() {
+            let key = wlookup::Key {
+                folded: folded.clone(),
                 original: original.to_string(),
-            },
-        )
+            };
+            let answer = iface.call_lookup(&mut *store, table, &key)?;
+            if !matches!(answer, LookupAnswer::NotFound) {
+                return Ok((i, answer));
+            }
+            last = (i, answer);
+        }
+        Ok(last)
     })
 }
 

@@ -28,6 +28,7 @@ use crate::host::milter::{HostDomainChains, WasmFilter};
 use crate::host::plugin::BodyMode;
 use crate::host::set::PluginHost;
 use crate::host::state::SharedMacros;
+use crate::registry::Live;
 
 /// Builds the chain for each new connection; the plugins read the connection's macros
 /// from the handle.
@@ -444,6 +445,69 @@ impl Milter for ChainMilter {
     }
 }
 
+/// Per-domain milter chains: `[milter.domains]` from the config, then each registry
+/// domain's `milter` chain (`wasmail domain set DOMAIN --chain milter=a,b`), merged per
+/// registry generation so a CLI change reaches the next SMTP connection.
+#[derive(Debug)]
+struct DomainSource {
+    configured: Arc<BTreeMap<String, Vec<String>>>,
+    registry: Option<Arc<Live>>,
+    merged: std::sync::Mutex<(u64, Arc<BTreeMap<String, Vec<String>>>)>,
+}
+
+impl DomainSource {
+    fn new(configured: BTreeMap<String, Vec<String>>, registry: Option<Arc<Live>>) -> Self {
+        let configured = Arc::new(configured);
+        DomainSource {
+            merged: std::sync::Mutex::new((u64::MAX, configured.clone())),
+            configured,
+            registry,
+        }
+    }
+
+    /// The chains now: domain → plugin names (config first, then registry; no repeats).
+    fn current(&self, host: &PluginHost) -> Arc<BTreeMap<String, Vec<String>>> {
+        let Some(live) = &self.registry else {
+            return self.configured.clone();
+        };
+        let snap = live.snapshot();
+        let mut merged = self.merged.lock().unwrap_or_else(|e| e.into_inner());
+        if merged.0 == snap.generation {
+            return merged.1.clone();
+        }
+        let mut map = (*self.configured).clone();
+        for (name, domain) in &snap.domains {
+            let Some(chain) = domain.chains.get("milter") else {
+                continue;
+            };
+            let entry = map.entry(name.clone()).or_default();
+            for plugin in chain {
+                match host.get(plugin) {
+                    Some(p) if p.milter_description().is_some() => {
+                        if !entry.contains(plugin) {
+                            entry.push(plugin.clone());
+                        }
+                    }
+                    Some(p) => warn!(
+                        domain = %name,
+                        plugin = %plugin,
+                        world = %p.world,
+                        "registry milter chain names a plugin that is not a milter-filter plugin; skipped"
+                    ),
+                    None => warn!(
+                        domain = %name,
+                        plugin = %plugin,
+                        "registry milter chain names a plugin that is not loaded; skipped"
+                    ),
+                }
+            }
+        }
+        let map = Arc::new(map);
+        *merged = (snap.generation, map.clone());
+        map
+    }
+}
+
 /// The stages a chain of plugins needs from Postfix: what the plugins subscribed to, plus
 /// MAIL (transaction boundaries), RCPT when per-domain chains exist (they join at RCPT),
 /// the header and body stages for whole-message plugins, and end of message (always: edits
@@ -487,29 +551,31 @@ pub fn needed_stages(
 pub async fn start(
     section: MilterSection,
     host: Option<Arc<PluginHost>>,
+    registry: Option<Arc<Live>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<crate::serve::ServiceFuture> {
-    let domains: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
-        section
-            .domains
-            .iter()
-            .map(|(d, c)| {
-                (
-                    d.trim_end_matches('.').to_ascii_lowercase(),
-                    c.chain.clone(),
-                )
-            })
-            .collect(),
-    );
-    let names: Vec<&String> = section
+    let configured: BTreeMap<String, Vec<String>> = section
+        .domains
+        .iter()
+        .map(|(d, c)| {
+            (
+                d.trim_end_matches('.').to_ascii_lowercase(),
+                c.chain.clone(),
+            )
+        })
+        .collect();
+    let names: Vec<String> = section
         .chain
         .iter()
-        .chain(domains.values().flatten())
+        .chain(configured.values().flatten())
+        .cloned()
         .collect();
+    let domains = Arc::new(DomainSource::new(configured, registry.clone()));
+    let names: Vec<&String> = names.iter().collect();
     type WantsMacros = Arc<dyn Fn() -> bool + Send + Sync>;
     let (chains, stages, wants_macros, offload): (ChainFactory, StageNeeds, WantsMacros, bool) =
         match &host {
-            Some(host) if !names.is_empty() => {
+            Some(host) if !names.is_empty() || registry.is_some() => {
                 for name in &names {
                     let plugin = host.get(name).with_context(|| {
                         format!("[milter] uses plugin `{name}`, which is not loaded")
@@ -523,8 +589,9 @@ pub async fn start(
                     }
                 }
                 let chain = Arc::new(section.chain.clone());
-                let (h, c, d) = (host.clone(), chain.clone(), domains.clone());
+                let (h, c, src) = (host.clone(), chain.clone(), domains.clone());
                 let chains: ChainFactory = Arc::new(move |macros: SharedMacros| {
+                    let d = src.current(&h);
                     let global: Vec<Box<dyn super::chain::StagePlugin>> = c
                         .iter()
                         .filter_map(|n| WasmFilter::new(h.clone(), n, None))
@@ -535,11 +602,11 @@ pub async fn start(
                         .collect();
                     ChainRunner::new(
                         global,
-                        Box::new(HostDomainChains::new(h.clone(), d.clone()).with_macros(macros)),
+                        Box::new(HostDomainChains::new(h.clone(), d).with_macros(macros)),
                     )
                 });
-                let (h, c, d) = (host.clone(), chain, domains.clone());
-                let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &d));
+                let (h, c, src) = (host.clone(), chain, domains.clone());
+                let stages: StageNeeds = Arc::new(move || needed_stages(&h, &c, &src.current(&h)));
                 let uses_auth = names.iter().any(|n| {
                     host.get(n).is_some_and(|p| {
                         p.meta
@@ -558,10 +625,11 @@ pub async fn start(
                     PluginThreads::Blocking => true,
                     PluginThreads::Auto => uses_auth || long_calls,
                 };
-                let (h, all): (Arc<PluginHost>, Vec<String>) =
-                    (host.clone(), names.iter().map(|n| n.to_string()).collect());
+                let (h, all, src): (Arc<PluginHost>, Vec<String>, _) =
+                    (host.clone(), section.chain.clone(), domains.clone());
                 let wants_macros: WantsMacros = Arc::new(move || {
-                    all.iter().any(|n| {
+                    let d = src.current(&h);
+                    all.iter().chain(d.values().flatten()).any(|n| {
                         h.get(n).is_some_and(|p| {
                             p.imports
                                 .iter()

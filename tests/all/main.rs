@@ -9,5 +9,7 @@ mod milter_miltertest;
 mod milter_postfix;
 mod milter_service;
 mod plugins_examples;
+mod policy;
+mod registry;
 mod serve;
 mod support;

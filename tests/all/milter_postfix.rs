@@ -692,3 +692,60 @@ fn several_messages_on_one_smtp_connection_each_get_a_fresh_plugin_instance() {
         "one milter connection for the SMTP session:\n{log}"
     );
 }
+
+#[test]
+fn registry_domain_chain_added_with_the_cli_runs_on_the_next_connection() {
+    let test = "registry_domain_chain_added_with_the_cli_runs_on_the_next_connection";
+    if !prerequisites(test) {
+        return;
+    }
+    let (serve, pf) = start(
+        &[],
+        r#"
+[registry]
+path = "{dir}/registry.db"
+refresh = "100ms"
+
+[plugin.netstamp]
+file = "{plugins}/stamp.wasm"
+[plugin.netstamp.settings]
+value = "registry chain"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["erin@example.net"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let erin = pf.wait_delivered("erin@example.net", 1, WAIT);
+    assert_eq!(header(&erin[0], "X-Wasmail-Stamp"), None, "{}", erin[0]);
+
+    let out = std::process::Command::new(support::wasmail_bin())
+        .args(["domain", "--config"])
+        .arg(serve.dir.path().join("wasmail.toml"))
+        .args(["add", "example.net", "--chain", "milter=netstamp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["erin@example.net"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let erin = pf.wait_delivered("erin@example.net", 2, WAIT);
+    let stamped: Vec<_> = erin
+        .iter()
+        .filter_map(|m| header(m, "X-Wasmail-Stamp"))
+        .collect();
+    assert_eq!(
+        stamped,
+        ["registry chain"],
+        "only the message after the change"
+    );
+}

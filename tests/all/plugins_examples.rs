@@ -690,9 +690,10 @@ mailboxes = ["alice@example.com", "bob@example.net"]
             "virtual-mailbox",
             None,
             table,
-            &key.to_lowercase(),
+            &[key.to_lowercase()],
             key,
         )
+        .map(|(_, answer)| answer)
         .unwrap_or_else(|e| panic!("lookup {table} {key}: {e:?}"))
     };
     let found = |a: LookupAnswer| match a {

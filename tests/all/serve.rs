@@ -70,7 +70,7 @@ fn check_config_accepts_the_example_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK; services: milter"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK; services: milter, lookup, policy"));
 }
 
 #[test]

@@ -69,6 +69,13 @@ impl Postfix {
     /// (e.g. `unix:/tmp/x/milter.sock`), plus `extra` main.cf lines. Mailboxes:
     /// bob, carol, dave @example.com and erin@example.net.
     pub fn start(milter: &str, extra: &str) -> Postfix {
+        Self::start_with(milter, extra, &[])
+    }
+
+    /// Like [`Postfix::start`], with `-o name=value` overrides for the `virtual` delivery
+    /// agent in master.cf (virtual(8) refuses socketmap/tcp maps for its own
+    /// `virtual_mailbox_maps`, so lookup tests keep the file map there).
+    pub fn start_with(milter: &str, extra: &str, virtual_overrides: &[&str]) -> Postfix {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         chmod(&root, 0o755);
@@ -95,6 +102,11 @@ impl Postfix {
                 f[4] = "n";
                 master.push_str(&f.join(" "));
                 master.push('\n');
+                if fields[0] == "virtual" && fields[1] == "unix" {
+                    for o in virtual_overrides {
+                        master.push_str(&format!("  -o {o}\n"));
+                    }
+                }
             } else {
                 master.push_str(line);
                 master.push('\n');
@@ -102,7 +114,7 @@ impl Postfix {
         }
         master.push_str(&format!(
             "127.0.0.1:{filter_port} inet n - n - - smtpd\n  -o content_filter=\n  -o myhostname=filter.wasmail.test\n\
-             127.0.0.1:{queue_port} inet n - n - - smtpd\n  -o smtpd_milters=\n  -o content_filter=smtp:[127.0.0.1]:{filter_port}\n"
+             127.0.0.1:{queue_port} inet n - n - - smtpd\n  -o smtpd_milters=\n  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n  -o content_filter=smtp:[127.0.0.1]:{filter_port}\n"
         ));
         std::fs::write(etc.join("master.cf"), master).unwrap();
         let docs = docs_block("milter").replace("unix:/run/wasmail/milter.sock", milter);

@@ -1,0 +1,189 @@
+//! Listeners shared by the line/netstring services (lookup, policy): address syntax and
+//! validation, binding, and one accept loop with a connection limit, an idle timeout and
+//! graceful shutdown.
+//!
+//! Addresses use Postfix's and libmilter's spelling (`unix:/path`, `inet:HOST:PORT`,
+//! `inet6:[ADDR]:PORT`), parsed by [`wasmail_milter::net::SocketSpec`]; binding reuses the
+//! milter crate's [`Listener`] (stale unix sockets replaced, live ones refused, mode set).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, warn};
+use wasmail_milter::net::{Listener, SocketSpec, Stream};
+
+use crate::config::Validator;
+
+/// Records a problem when `spec` is not a listen address (relative unix paths included).
+pub fn validate_spec(spec: &str, key: &str, v: &mut Validator) {
+    match spec.parse::<SocketSpec>() {
+        Ok(SocketSpec::Unix(p)) if !p.is_absolute() => v.error(
+            key,
+            format_args!("`{spec}`: a unix socket path must be absolute"),
+        ),
+        Ok(_) => {}
+        Err(e) => v.error(key, e),
+    }
+}
+
+/// Parses the octal `socket_mode` text (validated earlier).
+pub fn parse_mode(mode: &str) -> Option<u32> {
+    u32::from_str_radix(mode.trim_start_matches("0o"), 8).ok()
+}
+
+/// Binds `spec` (what: the config key, for the error message).
+pub async fn bind(spec: &str, mode: Option<u32>, what: &str) -> anyhow::Result<Listener> {
+    let parsed: SocketSpec = spec.parse().with_context(|| what.to_string())?;
+    if let SocketSpec::Unix(p) = &parsed
+        && let Some(dir) = p.parent()
+        && !dir.exists()
+    {
+        anyhow::bail!(
+            "{what}: directory {} does not exist (create it, owned by the wasmail user)",
+            dir.display()
+        );
+    }
+    Listener::bind(&parsed, mode)
+        .await
+        .with_context(|| format!("{what}: binding {spec}"))
+}
+
+/// The bound address as text (real port for port 0).
+pub fn local(listener: &Listener) -> String {
+    listener
+        .local_spec()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Stream::tcp(s, false)?, a.to_string()))
+        }
+        Listener::Unix(l, p) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), p.display().to_string()))
+        }
+    }
+}
+
+/// Resolves when `shutdown` is (or becomes) true.
+pub async fn flipped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Accepts on `listener` until `shutdown`, at most `limit` connections at once across
+/// every listener sharing the semaphore; `handle(stream, peer, shutdown)` serves one
+/// connection (it should return at its next request boundary once shutdown flips). Waits
+/// for the connections to end before returning.
+pub async fn serve<F, Fut>(
+    service: &'static str,
+    listener: Listener,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Stream, String, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if limit.available_permits() == 0 {
+            warn!(
+                service,
+                "connection limit reached; new connections wait in the backlog"
+            );
+        }
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.context("connection semaphore closed")?,
+            () = flipped(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = accept(&listener) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(service, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = flipped(&mut shutdown) => break,
+        };
+        let handle = handle.clone();
+        let span = tracing::info_span!("conn", service, peer = %peer);
+        let shutdown = shutdown.clone();
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                handle(stream, peer, shutdown).await;
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Reads more bytes into `buf`; false on EOF, a read error, an idle timeout or shutdown
+/// (each logged at the right level with `peer`).
+pub async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    peer: &str,
+) -> bool {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    tokio::select! {
+        r = tokio::time::timeout(idle, stream.read_buf(buf)) => match r {
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    warn!(peer, pending = buf.len(), "client closed in the middle of a request");
+                }
+                false
+            }
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                debug!(peer, error = %e, "read failed");
+                false
+            }
+            Err(_) => {
+                debug!(peer, idle_secs = idle.as_secs(), "idle connection closed");
+                false
+            }
+        },
+        () = flipped(shutdown) => false,
+    }
+}
+
+/// Writes `out` and clears it; false when the peer is gone.
+pub async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut, peer: &str) -> bool {
+    match stream.write_all(out).await {
+        Ok(()) => {
+            out.clear();
+            true
+        }
+        Err(e) => {
+            debug!(peer, error = %e, "write failed");
+            false
+        }
+    }
+}
