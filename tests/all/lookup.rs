@@ -370,6 +370,29 @@ fn postfix_takes_domains_mailboxes_aliases_and_transports_from_wasmail() {
         !log.contains("warning: socketmap"),
         "Postfix logged a socketmap problem:\n{log}"
     );
+
+    // The responder down: Postfix answers 4xx (the sender retries), never 5xx; once it
+    // is back, the same mail is accepted and delivered.
+    let Responder { mut serve, .. } = r;
+    assert!(serve.stop(Duration::from_secs(20)).success());
+    let (code, text) = send("carol@example.com");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("451 4.3.0"), "{text}");
+    assert!(!text.contains("\n<** 5"), "no permanent error: {text}");
+    let dir = std::mem::replace(&mut serve.dir, tempfile::tempdir().unwrap());
+    drop(serve);
+    let config = std::fs::read_to_string(dir.path().join("wasmail.toml")).unwrap();
+    let _serve = Serve::start_in(dir, &config);
+    // A new address resolves at once; the failed one is cached as failed by the smtpd
+    // process that saw the failure (smtpd's resolve cache lives as long as the process),
+    // so it goes through once Postfix has fresh processes, as a retrying sender sees.
+    let (code, text) = send("dave@example.com");
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(pf.wait_delivered("dave", 1, t).len(), 1);
+    pf.reload();
+    let (code, text) = send("carol@example.com");
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(pf.wait_delivered("carol", 2, t).len(), 2);
 }
 
 /// Raw bytes to a socket; returns what came back before the server closed or 2 s passed.

@@ -279,6 +279,13 @@ impl Postfix {
         }
     }
 
+    /// `postfix reload`: fresh daemon processes with the current configuration.
+    pub fn reload(&self) {
+        run(Command::new("postfix").arg("-c").arg(&self.etc).arg("reload"));
+        std::thread::sleep(Duration::from_millis(500));
+        self.wait_listening(self.filter_port);
+    }
+
     /// `postqueue -f`: retry deferred mail now.
     pub fn flush(&self) {
         run(Command::new("postqueue").arg("-c").arg(&self.etc).arg("-f"));
