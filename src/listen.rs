@@ -187,3 +187,23 @@ pub async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut, pe
         }
     }
 }
+
+/// Between two batches of requests on a connection: writes the answers in `out`, stops at
+/// shutdown when no request is pending, and reads more input. False = close the
+/// connection.
+pub async fn next_round<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    peer: &str,
+) -> bool {
+    if !out.is_empty() && !write(stream, out, peer).await {
+        return false;
+    }
+    if *shutdown.borrow() && buf.is_empty() {
+        return false;
+    }
+    fill(stream, buf, idle, shutdown, peer).await
+}

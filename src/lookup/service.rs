@@ -127,13 +127,7 @@ async fn socketmap_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !out.is_empty() && !listen::write(&mut stream, &mut out, peer).await {
-            return;
-        }
-        if *shutdown.borrow() && buf.is_empty() {
-            return;
-        }
-        if !listen::fill(&mut stream, &mut buf, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
             return;
         }
     }
@@ -190,13 +184,7 @@ async fn tcp_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !out.is_empty() && !listen::write(&mut stream, &mut out, peer).await {
-            return;
-        }
-        if *shutdown.borrow() && buf.is_empty() {
-            return;
-        }
-        if !listen::fill(&mut stream, &mut buf, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
             return;
         }
     }

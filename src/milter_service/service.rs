@@ -450,10 +450,14 @@ impl Milter for ChainMilter {
 /// registry generation so a CLI change reaches the next SMTP connection.
 #[derive(Debug)]
 struct DomainSource {
-    configured: Arc<BTreeMap<String, Vec<String>>>,
+    configured: Arc<Chains>,
     registry: Option<Arc<Live>>,
-    merged: std::sync::Mutex<(u64, Arc<BTreeMap<String, Vec<String>>>)>,
+    /// The merged chains and the registry generation they were built from.
+    merged: std::sync::Mutex<(u64, Arc<Chains>)>,
 }
+
+/// Domain → plugin names.
+type Chains = BTreeMap<String, Vec<String>>;
 
 impl DomainSource {
     fn new(configured: BTreeMap<String, Vec<String>>, registry: Option<Arc<Live>>) -> Self {
@@ -466,7 +470,7 @@ impl DomainSource {
     }
 
     /// The chains now: domain → plugin names (config first, then registry; no repeats).
-    fn current(&self, host: &PluginHost) -> Arc<BTreeMap<String, Vec<String>>> {
+    fn current(&self, host: &PluginHost) -> Arc<Chains> {
         let Some(live) = &self.registry else {
             return self.configured.clone();
         };

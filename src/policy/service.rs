@@ -180,13 +180,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !out.is_empty() && !listen::write(&mut stream, &mut out, peer).await {
-            return;
-        }
-        if *shutdown.borrow() && buf.is_empty() {
-            return;
-        }
-        if !listen::fill(&mut stream, &mut buf, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
             return;
         }
     }

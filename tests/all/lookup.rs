@@ -3,7 +3,6 @@
 //! virtual domains, mailboxes, aliases and transports from wasmail.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,16 +10,8 @@ use std::time::{Duration, Instant};
 use wasmail::registry::sqlite::SqliteRegistry;
 use wasmail::registry::{Alias, Domain, Mailbox, Registry};
 
-use crate::support::postfix::{Postfix, docs_block};
+use crate::support::postfix::{Postfix, docs_block, free_port};
 use crate::support::{Serve, plugins_dir, require_program, require_root, wasmail_bin};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The registry every test starts from.
 fn fill_registry(path: &Path) {

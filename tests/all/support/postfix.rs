@@ -31,7 +31,8 @@ pub fn docs_block(name: &str) -> String {
     rest[open..close].to_string()
 }
 
-fn free_port() -> u16 {
+/// A free loopback TCP port (bound and released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -281,7 +282,10 @@ impl Postfix {
 
     /// `postfix reload`: fresh daemon processes with the current configuration.
     pub fn reload(&self) {
-        run(Command::new("postfix").arg("-c").arg(&self.etc).arg("reload"));
+        run(Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("reload"));
         std::thread::sleep(Duration::from_millis(500));
         self.wait_listening(self.filter_port);
     }
