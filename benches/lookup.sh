@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Lookup responder throughput and latency side by side, one run: wasmail's socketmap
+# responder answering from the domain registry and from `table` plugins, against a floor
+# (postfix/examples/socketmap_floor.rs: the same codec, runtime shape and decode-all-then-
+# write loop, a constant `OK` answer; no lookup, no idle timeout, no tracing). The load generator (postfix/examples/socketmap_loadgen.rs)
+# behaves like Postfix: one request outstanding per connection, over 1 and over 8
+# connections. Every reply must be `OK`, or the run stops.
+#
+#   benches/lookup.sh
+#
+# Environment (defaults): DURATION=10 (seconds measured per case, after 1 s of warm-up),
+# CONNS="1 8", DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin
+# settings alike), WASMAIL (target/release/wasmail) and EXAMPLES (target/release/examples),
+# each built unless given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if
+# missing). Unix sockets only; everything started is stopped on exit.
+#
+# Cases (tables and keys):
+# - floor:                  any table name, the constant answer.
+# - registry, +ext:         built-in virtual_mailbox_maps, keys `User3+Bench@D07.Bench.TEST`:
+#                           folded, first candidate (with the extension) not found, the
+#                           second (`user3@d07.bench.test`) found.
+# - registry, exact:        built-in virtual_mailbox_maps, keys `user3@d07.bench.test`,
+#                           found at the first candidate.
+# - plugin table-rules:     `rules` bound to table-rules.wasm (search exact), the same plain
+#                           keys listed in its `found` setting: one plugin call per lookup.
+# - plugin virtual-mailbox: virtual_mailbox_maps bound to virtual-mailbox.wasm, which
+#                           answers by table name (a binding replaces the built-in table
+#                           for the whole server, hence a second wasmail instance; search
+#                           address), directory in its settings, the same +ext keys as the
+#                           registry case: one instance, two plugin calls per lookup.
+#
+# Targets (the issue): plugin-answered p99 ≤ 100 µs; every wasmail case ≥ 80% of the
+# floor's lookups/s at the same connection count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-"1 8"}
+DOMAINS=${DOMAINS:-20}
+MAILBOXES=${MAILBOXES:-10}
+PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+if [ -z "${WASMAIL:-}" ]; then
+  cargo build --release --bin wasmail
+  WASMAIL=$ROOT/target/release/wasmail
+fi
+if [ -z "${EXAMPLES:-}" ]; then
+  cargo build --release -p wasmail-postfix --examples --features tokio
+  EXAMPLES=$ROOT/target/release/examples
+fi
+for p in table-rules virtual-mailbox; do
+  [ -f "$PLUGINS/$p.wasm" ] || bash scripts/build-plugins.sh
+done
+
+T=$(mktemp -d /tmp/wasmail-lookup.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+start() { "$@" >"$T/$(basename "$1").$RANDOM.log" 2>&1 & PIDS+=($!); disown $!; }
+wait_for() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1" >&2; exit 1; }
+
+# The directory: DOMAINS domains d01.bench.test..., MAILBOXES mailboxes user1@... each.
+domains=() mailboxes=() ext=()
+for d in $(seq -w 1 "$DOMAINS"); do
+  domains+=("d$d.bench.test")
+  for m in $(seq 1 "$MAILBOXES"); do
+    mailboxes+=("user$m@d$d.bench.test")
+    ext+=("User$m+Bench@D$d.Bench.TEST")
+  done
+done
+# Keys asked: every 3rd mailbox (up to 64), so all domains are touched.
+keys_plain=() keys_ext=()
+for ((i = 0; i < ${#mailboxes[@]} && ${#keys_plain[@]} < 64; i += 3)); do
+  keys_plain+=("${mailboxes[i]}")
+  keys_ext+=("${ext[i]}")
+done
+join() { local IFS=,; echo "$*"; }
+toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }
+found=()
+for k in "${keys_plain[@]}"; do found+=("$k=${k#*@}/${k%@*}/"); done
+
+common() { # REGISTRY-DB SOCKET
+  cat <<EOC
+[registry]
+path = "$1"
+refresh = "10s"
+[plugins]
+dir = "$PLUGINS"
+watch = false
+[lookup]
+socketmap = "unix:$2"
+recipient_delimiter = "+"
+EOC
+}
+{
+  common "$T/registry.db" "$T/wm.sock"
+  cat <<EOC
+[lookup.tables.rules]
+plugin = "rules"
+search = "exact"
+[plugin.rules]
+file = "table-rules.wasm"
+grants = ["config"]
+[plugin.rules.settings]
+found = $(toml_list "${found[@]}")
+EOC
+} > "$T/registry.toml"
+{
+  common "$T/registry.db" "$T/vm.sock"
+  cat <<EOC
+[lookup.tables.virtual_mailbox_maps]
+plugin = "virtual-mailbox"
+[plugin.virtual-mailbox]
+file = "virtual-mailbox.wasm"
+grants = ["config"]
+[plugin.virtual-mailbox.settings]
+domains = $(toml_list "${domains[@]}")
+mailboxes = $(toml_list "${mailboxes[@]}")
+EOC
+} > "$T/plugin.toml"
+
+echo "filling the registry: ${#domains[@]} domains, ${#mailboxes[@]} mailboxes (wasmail CLI)"
+for d in "${domains[@]}"; do "$WASMAIL" domain -c "$T/registry.toml" add "$d" >/dev/null; done
+for m in "${mailboxes[@]}"; do "$WASMAIL" mailbox -c "$T/registry.toml" add --no-password "$m" >/dev/null; done
+
+start "$EXAMPLES/socketmap_floor" "$T/floor.sock"
+RUST_LOG=warn start "$WASMAIL" serve -c "$T/registry.toml"
+RUST_LOG=warn start "$WASMAIL" serve -c "$T/plugin.toml"
+for s in floor wm vm; do wait_for "$T/$s.sock"; done
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+echo "$(date -u +%F) $(nproc) cores ($cpu), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "DURATION=$DURATION s per case after 1 s warm-up; ${#domains[@]} domains, ${#mailboxes[@]} mailboxes; ${#keys_plain[@]} keys cycled"
+
+ROWS=()
+field() { sed -E "s/.*\"$1\":\"?([^,\"}]*).*/\1/" <<<"$2"; }
+run() { # LABEL CONNS SOCKET TABLE KEYS
+  local out
+  out=$("$EXAMPLES/socketmap_loadgen" --socket "$3" --table "$4" --keys "$5" \
+    --connections "$2" --duration "$DURATION" --json)
+  printf '%-24s %s\n' "$1" "$out"
+  ROWS+=("$1|$2|$(field lookups_per_sec "$out")|$(field p50_us "$out")|$(field p99_us "$out")|$(field max_us "$out")")
+}
+for c in $CONNS; do
+  run "floor"                   "$c" "$T/floor.sock" virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+  run "registry, +ext"          "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+  run "registry, exact"         "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_plain[@]}")"
+  run "plugin table-rules"      "$c" "$T/wm.sock"    rules                "$(join "${keys_plain[@]}")"
+  run "plugin virtual-mailbox"  "$c" "$T/vm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+done
+
+echo
+echo "| case | connections | lookups/s | p50 µs | p99 µs | max µs | ÷ floor | targets |"
+echo "|---|---|---|---|---|---|---|---|"
+declare -A FLOOR
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r label c rate _ <<<"$r"
+  [ "$label" = floor ] && FLOOR[$c]=$rate
+done
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r label c rate p50 p99 max <<<"$r"
+  ratio=$(awk -v a="$rate" -v b="${FLOOR[$c]}" 'BEGIN { printf "%.1f%%", 100 * a / b }')
+  verdict="—"
+  if [ "$label" != floor ]; then
+    verdict=$(awk -v a="$rate" -v b="${FLOOR[$c]}" 'BEGIN { print (a >= 0.8 * b ? "≥ 80%: yes" : "≥ 80%: **no**") }')
+    case $label in plugin*)
+      verdict+=$(awk -v p="$p99" 'BEGIN { print (p <= 100 ? "; p99 ≤ 100 µs: yes" : "; p99 ≤ 100 µs: **no**") }') ;;
+    esac
+  fi
+  echo "| $label | $c | $rate | $p50 | $p99 | $max | $ratio | $verdict |"
+done

@@ -1,0 +1,81 @@
+//! The floor for lookup benchmarks: a minimal socketmap server that answers every request
+//! with the same `OK` value, using this crate's codec. It does everything wasmail's lookup
+//! responder does except the lookup itself (no table resolution, no key folding, no
+//! registry or plugin), so a responder's throughput divided by this one's is the share
+//! left after the lookup's own cost.
+//!
+//! ```text
+//! cargo run --release -p wasmail-postfix --example socketmap_floor -- /tmp/floor.sock [VALUE]
+//! ```
+//!
+//! `VALUE` defaults to `example.com/alice/` (the size of a `virtual_mailbox_maps` answer).
+//! Runs until killed. Same shape as the responder: a multi-thread tokio runtime with 2
+//! workers, one task per connection, each pass decodes every complete request already
+//! buffered and answers them with one write (pipelining-safe).
+
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use wasmail_postfix::socketmap::{self, DEFAULT_MAX_REQUEST, Reply};
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let Some(path) = args.next().map(PathBuf::from) else {
+        eprintln!("usage: socketmap_floor SOCKET-PATH [VALUE]");
+        std::process::exit(2);
+    };
+    let value = args
+        .next()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "example.com/alice/".into());
+    let reply = Reply::Ok(Bytes::from(value));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_io()
+        .build()?
+        .block_on(serve(path, reply))
+}
+
+async fn serve(path: PathBuf, reply: Reply) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    eprintln!("socketmap_floor listening on {}", path.display());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let reply = reply.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &reply).await {
+                eprintln!("socketmap_floor: connection: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(mut stream: UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(512);
+    loop {
+        // Answer every complete request already buffered, then write once.
+        loop {
+            match socketmap::decode_request(&mut buf, DEFAULT_MAX_REQUEST) {
+                Ok(Some(_request)) => socketmap::encode_reply(reply, &mut out),
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
