@@ -140,6 +140,12 @@ impl HostState {
         }
     }
 
+    /// Starts a new request on a reused instance: the per-request log cap counts afresh.
+    pub fn begin_request(&mut self) {
+        self.log_lines = 0;
+        self.log_dropped = 0;
+    }
+
     fn grant(&self, cap: Capability) -> wasmtime::Result<()> {
         if self.meta.grants.contains(&cap) {
             Ok(())

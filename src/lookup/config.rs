@@ -38,6 +38,13 @@ pub struct LookupSection {
     /// Largest socketmap request accepted, bytes. Default 100000 (Postfix's reply limit;
     /// real requests are a table name and an address).
     pub max_request: usize,
+    /// Warm `table` plugin instances kept for reuse (all plugins and domains together); an
+    /// instance serves one plugin version and one domain, and is dropped after any failure.
+    /// Default 32; 0 = a fresh instance for every lookup (slower: instantiation costs about
+    /// as much as the lookup's socket round trip).
+    pub instance_pool: usize,
+    /// Lookups one instance may answer before it is retired. Default 10000.
+    pub instance_max_uses: u32,
     /// Tables, by the name Postfix uses in the map spec. The built-in names
     /// (`virtual_mailbox_domains`, `virtual_mailbox_maps`, `virtual_alias_maps`,
     /// `transport_maps`, `smtpd_sender_login_maps`) are answered from the domain registry
@@ -69,6 +76,8 @@ impl Default for LookupSection {
             max_connections: 512,
             idle_timeout: Duration::from_secs(300),
             max_request: 100_000,
+            instance_pool: 32,
+            instance_max_uses: 10_000,
             tables: BTreeMap::new(),
         }
     }
@@ -132,6 +141,9 @@ impl LookupSection {
                 format!("{key}.max_request"),
                 "must be between 256 and 1048576 bytes",
             );
+        }
+        if self.instance_max_uses == 0 {
+            v.error(format!("{key}.instance_max_uses"), "must be at least 1");
         }
         for (table, entry) in &self.tables {
             if !valid_table_name(table) {

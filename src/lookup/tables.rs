@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::config::{BUILTIN_TABLES, LookupSection};
 use super::search::{Search, candidates, fold};
-use crate::host::calls::{self, LookupAnswer};
+use crate::host::calls::{LookupAnswer, TablePool};
 use crate::host::config::OnError;
 use crate::host::set::PluginHost;
 use crate::registry::{Live, Snapshot};
@@ -134,6 +134,7 @@ pub struct Tables {
     delimiters: String,
     registry: Option<Arc<Live>>,
     plugins: Option<Arc<PluginHost>>,
+    pool: TablePool,
 }
 
 /// Why [`Tables::new`] refused the configuration.
@@ -185,6 +186,7 @@ impl Tables {
             delimiters: section.recipient_delimiter.clone(),
             registry,
             plugins,
+            pool: TablePool::new(section.instance_pool, section.instance_max_uses),
         })
     }
 
@@ -232,7 +234,7 @@ impl Tables {
                     .rsplit_once('@')
                     .map(|(_, d)| d)
                     .filter(|d| !d.is_empty());
-                match calls::lookup(host, name, domain, table, &keys, original) {
+                match self.pool.lookup(host, name, domain, table, &keys, original) {
                     Ok((_, LookupAnswer::Found(v))) => Answer::Found(v),
                     Ok((_, LookupAnswer::NotFound)) => Answer::NotFound,
                     Ok((_, LookupAnswer::Temp(r))) => Answer::Temp(r),

@@ -286,6 +286,21 @@ fn postmap_gets_plugin_answers_of_every_kind() {
         err.contains("temporary error: table plugin `strict` failed"),
         "{err}"
     );
+    // Instances are reused across lookups, per domain: each domain's counter runs on
+    // its own, and a trap (above) did not leave a broken instance in the pool.
+    let counts: Vec<String> = [
+        "count@a.test",
+        "count@a.test",
+        "count@b.test",
+        "count@a.test",
+    ]
+    .iter()
+    .map(|k| found(k, &sm("rules")))
+    .collect();
+    let n: Vec<u32> = counts.iter().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(n[1], n[0] + 1, "a.test reused its instance: {counts:?}");
+    assert_eq!(n[2], 1, "b.test got its own instance: {counts:?}");
+    assert_eq!(n[3], n[1] + 1, "a.test again: {counts:?}");
     // Both failures are logged with the plugin's name; the responder keeps serving.
     assert_eq!(found("greeting", &sm("rules")), "hi");
     let log = r.serve.log_text();

@@ -8,9 +8,16 @@
 //! - `echo_original`: when `true`, a found value is suffixed with ` original=<key as Postfix
 //!   sent it>` so tests can check what the host passed.
 //!
+//! - a key `count@DOMAIN` (or `count`) answers how many lookups this instance has answered,
+//!   so tests can see instance reuse and its per-domain isolation.
+//!
 //! Keys are compared with the host's folded key.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use wasmail_plugin_sdk::table::prelude::*;
+
+static ANSWERED: AtomicU32 = AtomicU32::new(0);
 
 struct TableRules;
 
@@ -21,6 +28,10 @@ impl Table for TableRules {
 
     fn lookup(_table: String, key: Key) -> Answer {
         let k = key.folded.as_str();
+        let n = ANSWERED.fetch_add(1, Ordering::Relaxed) + 1;
+        if k == "count" || k.starts_with("count@") {
+            return Answer::found(n.to_string());
+        }
         if config::get_list_or("trap", "").iter().any(|t| t == k) {
             panic!("table-rules: trap on {k}");
         }
