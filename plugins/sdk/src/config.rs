@@ -3,14 +3,31 @@
 //! Needs the `config` grant. The host passes TOML strings as they are and other values in
 //! TOML syntax (`60`, `true`, `["a", "b"]`); the typed getters here accept both forms where
 //! it makes sense (e.g. a list may be `"a, b"` or `["a", "b"]`).
+//!
+//! Settings cannot change while an instance lives (a configuration change reloads the
+//! plugin, which gets new instances), and the host may reuse an instance for many requests
+//! (lookups), so values are fetched from the host once per instance and kept, and parsed
+//! lists too.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use crate::milter::wasmail::plugin::config as raw;
 
+thread_local! {
+    static VALUES: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    static LISTS: RefCell<HashMap<(String, String), Vec<String>>> = RefCell::new(HashMap::new());
+}
+
 /// The value of setting `key` as text, if set.
 pub fn get(key: &str) -> Option<String> {
-    raw::get(key)
+    if let Some(v) = VALUES.with(|c| c.borrow().get(key).cloned()) {
+        return v;
+    }
+    let v = raw::get(key);
+    VALUES.with(|c| c.borrow_mut().insert(key.to_string(), v.clone()));
+    v
 }
 
 /// The value of setting `key`, or `default` when it is not set.
@@ -45,7 +62,13 @@ pub fn get_list(key: &str) -> Option<Vec<String>> {
 /// Setting `key` as a list (see [`parse_list`]); `default` (also parsed as a list) when it is
 /// not set.
 pub fn get_list_or(key: &str, default: &str) -> Vec<String> {
-    parse_list(&get(key).unwrap_or_else(|| default.to_string()))
+    let k = (key.to_string(), default.to_string());
+    if let Some(v) = LISTS.with(|c| c.borrow().get(&k).cloned()) {
+        return v;
+    }
+    let v = parse_list(&get(key).unwrap_or_else(|| default.to_string()));
+    LISTS.with(|c| c.borrow_mut().insert(k, v.clone()));
+    v
 }
 
 /// Parses a boolean: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0` (ASCII case ignored,

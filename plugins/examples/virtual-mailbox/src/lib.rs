@@ -1,6 +1,8 @@
 //! `virtual-mailbox`: answers Postfix's `virtual_mailbox_domains` and `virtual_mailbox_maps`
 //! lookups from the plugin's settings (world `table`). See README.md.
 
+use std::collections::HashSet;
+
 use wasmail_plugin_sdk::addr;
 use wasmail_plugin_sdk::table::prelude::*;
 
@@ -19,20 +21,30 @@ impl Table for VirtualMailbox {
     }
 
     fn lookup(table: String, key: Key) -> Answer {
-        let directory = Directory::new(
-            &config::get_list_or("domains", ""),
-            &config::get_list_or("mailboxes", ""),
-        );
-        directory.lookup(&table, &key.folded)
+        // Built once per instance: the host reuses instances across lookups, and settings
+        // do not change while an instance lives.
+        DIRECTORY.with(|d| {
+            d.get_or_init(|| {
+                Directory::new(
+                    &config::get_list_or("domains", ""),
+                    &config::get_list_or("mailboxes", ""),
+                )
+            })
+            .lookup(&table, &key.folded)
+        })
     }
 }
 
 wasmail_plugin_sdk::export_table!(VirtualMailbox);
 
+thread_local! {
+    static DIRECTORY: std::cell::OnceCell<Directory> = const { std::cell::OnceCell::new() };
+}
+
 /// The configured domains and mailboxes, lower case.
 struct Directory {
-    domains: Vec<String>,
-    mailboxes: Vec<String>,
+    domains: HashSet<String>,
+    mailboxes: HashSet<String>,
 }
 
 impl Directory {
