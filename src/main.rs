@@ -72,6 +72,19 @@ enum Command {
         #[command(subcommand)]
         cmd: wasmail::fastcontainer::cli::CtlCmd,
     },
+    /// Internal: PID 1 of a FastContainer, started by the spawner with its pipes.
+    #[command(hide = true)]
+    ContainerInit {
+        /// Pipe carrying the JSON spec.
+        #[arg(long)]
+        spec_fd: i32,
+        /// Pipe for setup errors (EOF once the worker is exec'd).
+        #[arg(long)]
+        status_fd: i32,
+        /// Pipe for the worker's final wait status.
+        #[arg(long)]
+        exit_fd: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -126,6 +139,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Alias { config, cmd } => wasmail::registry::cli::run_alias(&load(&config)?, cmd)?,
         Command::Ctl { config, cmd } => wasmail::fastcontainer::cli::run(&load(&config)?, cmd)?,
+        Command::ContainerInit {
+            spec_fd,
+            status_fd,
+            exit_fd,
+        } => std::process::exit(wasmail::fastcontainer::init::run(
+            spec_fd, status_fd, exit_fd,
+        )),
     }
     Ok(ExitCode::SUCCESS)
 }

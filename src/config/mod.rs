@@ -289,6 +289,9 @@ impl Config {
         if let Some(p) = &self.policy {
             p.validate("policy", &plugin_exists, v);
         }
+        if let Some(fc) = &self.fastcontainer {
+            fc.validate("fastcontainer", v);
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
