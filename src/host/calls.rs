@@ -86,21 +86,32 @@ pub fn lookup(
             return Err(wrong_world("table"));
         };
         let inst = p.instantiate(&mut *store)?;
-        let iface = inst.wasmail_plugin_lookup();
-        let mut last = (0, LookupAnswer::NotFound);
-        for (i, folded) in candidates.iter().enumerate() {
-            let key = wlookup::Key {
-                folded: folded.clone(),
-                original: original.to_string(),
-            };
-            let answer = iface.call_lookup(&mut *store, table, &key)?;
-            if !matches!(answer, LookupAnswer::NotFound) {
-                return Ok((i, answer));
-            }
-            last = (i, answer);
-        }
-        Ok(last)
+        try_candidates(&inst, store, table, candidates, original)
     })
+}
+
+/// Asks a live table instance for each candidate in turn until one is not not-found.
+fn try_candidates(
+    inst: &TableBindings,
+    store: &mut wasmtime::Store<HostState>,
+    table: &str,
+    candidates: &[String],
+    original: &str,
+) -> wasmtime::Result<(usize, LookupAnswer)> {
+    let iface = inst.wasmail_plugin_lookup();
+    let mut last = (0, LookupAnswer::NotFound);
+    for (i, folded) in candidates.iter().enumerate() {
+        let key = wlookup::Key {
+            folded: folded.clone(),
+            original: original.to_string(),
+        };
+        let answer = iface.call_lookup(&mut *store, table, &key)?;
+        if !matches!(answer, LookupAnswer::NotFound) {
+            return Ok((i, answer));
+        }
+        last = (i, answer);
+    }
+    Ok(last)
 }
 
 /// Runs policy plugin `name` on one policy request's attributes.
@@ -267,22 +278,13 @@ impl TablePool {
             let _ = pooled.store.set_fuel(fuel);
         }
         pooled.store.data_mut().begin_request();
-        let result = (|| -> wasmtime::Result<(usize, LookupAnswer)> {
-            let iface = pooled.instance.wasmail_plugin_lookup();
-            let mut last = (0, LookupAnswer::NotFound);
-            for (i, folded) in candidates.iter().enumerate() {
-                let k = wlookup::Key {
-                    folded: folded.clone(),
-                    original: original.to_string(),
-                };
-                let answer = iface.call_lookup(&mut pooled.store, table, &k)?;
-                if !matches!(answer, LookupAnswer::NotFound) {
-                    return Ok((i, answer));
-                }
-                last = (i, answer);
-            }
-            Ok(last)
-        })();
+        let result = try_candidates(
+            &pooled.instance,
+            &mut pooled.store,
+            table,
+            candidates,
+            original,
+        );
         match result {
             Ok(r) => {
                 plugin.counters.calls.fetch_add(1, Ordering::Relaxed);
