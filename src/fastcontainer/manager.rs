@@ -164,6 +164,8 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     /// Host pid of the container's PID 1.
     pub pid: Option<u32>,
+    /// The worker's instance number (its run directory is `<run_dir>@<instance>`).
+    pub instance: Option<u64>,
     /// Where sessions connect.
     pub endpoint: Option<Endpoint>,
     /// Time since it became ready.
@@ -184,6 +186,9 @@ pub struct WorkerInfo {
     pub crash_streak: u32,
     /// Time until spawning is allowed again, during a crash backoff.
     pub retry_in: Option<Duration>,
+    /// The cgroup limits in effect: the worker's spec, or what [`Manager::set_limits`]
+    /// set since (for a domain without a worker: only the latter).
+    pub limits: Option<Limits>,
 }
 
 /// The lifecycle manager. Clones share the same workers.
@@ -501,6 +506,44 @@ impl Manager {
         self.shared.begin_start(&d, &mut g);
     }
 
+    /// Like [`Manager::prewarm`], but waits: returns the pid of `domain`'s Ready worker
+    /// once there is one (at once when it is already running), without opening a session.
+    /// Fails as [`Manager::acquire`] does (backoff, failed start, bad domain, shutdown).
+    pub async fn warm(&self, domain: &str) -> Result<u32, ContainerError> {
+        check_domain(domain)?;
+        let d = self.shared.domain(domain);
+        loop {
+            let rx = {
+                let now = Instant::now();
+                let mut g = lock(&d.inner);
+                let exited = self.shared.poll_exits(&d, &mut g, now);
+                spawn_cleanups(&d.name, exited);
+                if let Some(slot) = g.ready() {
+                    return Ok(slot.run.pid);
+                }
+                if self.shared.is_closed() {
+                    return Err(shutting_down());
+                }
+                match g.starting.clone() {
+                    Some(rx) if rx.has_changed().is_ok() || rx.borrow().is_some() => rx,
+                    _ => {
+                        if let Some(retry_in) = g.retry_in(now) {
+                            return Err(ContainerError::Backoff {
+                                domain: domain.to_string(),
+                                crashes: g.streak,
+                                retry_in,
+                            });
+                        }
+                        self.shared.begin_start(&d, &mut g)
+                    }
+                }
+            };
+            if let Err(e) = wait_start(rx).await {
+                return Err(clone_error(&e));
+            }
+        }
+    }
+
     /// Stops `domain`'s workers now, sessions or not (SIGTERM, grace, SIGKILL, cleanup),
     /// after letting a start in flight finish; returns how many were stopped. The next
     /// `acquire` starts a fresh worker.
@@ -579,6 +622,7 @@ impl Manager {
                     domain: d.name.clone(),
                     state: WorkerState::Cold,
                     pid: None,
+                    instance: None,
                     endpoint: None,
                     uptime: None,
                     sessions: 0,
@@ -589,6 +633,7 @@ impl Manager {
                     crashes: g.crashes,
                     crash_streak: g.streak,
                     retry_in: g.retry_in(now),
+                    limits: g.limits,
                 };
                 let slots: Vec<_> = g
                     .slots
@@ -609,6 +654,8 @@ impl Manager {
                 out.push(WorkerInfo {
                     state,
                     pid: Some(run.pid),
+                    instance: Some(run.id),
+                    limits: Some(template.limits.unwrap_or(run.limits)),
                     endpoint: Some(run.endpoint.clone()),
                     uptime: Some(now.saturating_duration_since(run.ready_at)),
                     sessions,
@@ -1755,6 +1802,42 @@ mod tests {
             Err(ContainerError::Invalid(_))
         ));
         drop(lease);
+        h.shut_down().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn warm_waits_for_ready_and_list_shows_instance_and_limits() {
+        let h = harness(settings());
+        h.spawner.start_delay_ms.store(30, Ordering::SeqCst);
+        let pid = h.mgr.warm("a.example").await.unwrap();
+        let info = h.info("a.example");
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert_eq!(
+            (info[0].state, info[0].pid, info[0].sessions),
+            (WorkerState::Ready, Some(pid), 0)
+        );
+        assert!(info[0].instance.is_some(), "{info:?}");
+        assert_eq!(info[0].limits, Some(Limits::default()));
+        assert_eq!(h.mgr.warm("a.example").await.unwrap(), pid, "same worker");
+        assert_eq!(h.spawner.spawns(), 1);
+
+        let limits = Limits {
+            memory_bytes: Some(64 << 20),
+            ..Limits::default()
+        };
+        assert_eq!(h.mgr.set_limits("a.example", limits).unwrap(), 1);
+        assert_eq!(h.info("a.example")[0].limits, Some(limits));
+        assert_eq!(*lock(&h.spawner.proc(pid).limits), limits);
+
+        h.spawner.die_on_start.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            h.mgr.warm("b.example").await,
+            Err(ContainerError::NotReady { .. })
+        ));
+        assert!(matches!(
+            h.mgr.warm("Not/A/Domain").await,
+            Err(ContainerError::Invalid(_))
+        ));
         h.shut_down().await;
     }
 
