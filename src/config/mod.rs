@@ -292,6 +292,9 @@ impl Config {
         if let Some(fc) = &self.fastcontainer {
             fc.validate("fastcontainer", v);
         }
+        if let Some(a) = &self.admin {
+            a.validate("admin", v);
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
