@@ -17,10 +17,11 @@ struct Cli {
 /// Where the configuration file is.
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); also accepted after a subcommand.
     #[arg(
         short,
         long,
+        global = true,
         env = "WASMAIL_CONFIG",
         default_value = "/etc/wasmail/wasmail.toml"
     )]
@@ -70,7 +71,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
         #[command(subcommand)]
-        cmd: wasmail::fastcontainer::cli::CtlCmd,
+        cmd: wasmail::admin::cli::CtlCmd,
     },
     /// Internal: PID 1 of a FastContainer, started by the spawner with its pipes.
     #[command(hide = true)]
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wasmail::registry::cli::run_mailbox(&load(&config)?, cmd)?
         }
         Command::Alias { config, cmd } => wasmail::registry::cli::run_alias(&load(&config)?, cmd)?,
-        Command::Ctl { config, cmd } => wasmail::fastcontainer::cli::run(&load(&config)?, cmd)?,
+        Command::Ctl { config, cmd } => wasmail::admin::cli::run(&load(&config)?, cmd)?,
         Command::ContainerInit {
             spec_fd,
             status_fd,

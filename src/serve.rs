@@ -6,6 +6,11 @@
 //! `[server] shutdown_grace` to return, after which they are aborted (their connections
 //! close). SIGHUP reloads the plugin directory. If any service fails, the others are shut
 //! down the same way and `serve` returns the first error.
+//!
+//! With `[fastcontainer]`, the worker manager is created first (root and usable cgroups
+//! are checked at start) and shared with the services through [`Shared`]; its reaper runs
+//! beside the services and, once they have drained, stops every worker before `serve`
+//! returns. With `[admin]`, the admin API runs as the `admin` service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,8 +25,10 @@ use tracing::{error, info, warn};
 use std::collections::HashMap;
 
 use crate::config::Config;
+use crate::fastcontainer::manager::{Manager, Settings};
+use crate::fastcontainer::spawn::{LinuxSpawner, LinuxSpawnerConfig, default_init_exe};
 use crate::host::engine::World;
-use crate::host::set::PluginHost;
+use crate::host::set::{PluginHost, ReloadReport};
 use crate::host::state::Services;
 use crate::registry::Live;
 
@@ -37,7 +44,12 @@ pub struct Shared {
     pub plugins: Option<std::sync::Arc<PluginHost>>,
     /// The live domain registry, when a service that reads it is configured.
     pub registry: Option<std::sync::Arc<Live>>,
+    /// The FastContainer worker manager, when `[fastcontainer]` is configured.
+    pub fastcontainer: Option<Manager>,
 }
+
+/// How often orphans reparented to `serve` (the child subreaper) are collected.
+const ORPHAN_REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs `serve` on a fresh multi-threaded runtime until shutdown.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -63,13 +75,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(live) = &registry {
         live.spawn_refresher(config.registry_section().refresh, shutdown_rx.clone());
     }
+    let fastcontainer = match &config.fastcontainer {
+        Some(_) => Some(start_fastcontainer(&config, registry.clone())?),
+        None => None,
+    };
+    // The reaper stops every worker at shutdown, but only after the services have
+    // drained (sessions end before their workers), so it has a shutdown watch of its own.
+    let (reaper_stop_tx, reaper_stop_rx) = watch::channel(false);
+    let reaper = fastcontainer.as_ref().map(|(manager, _)| {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.run_reaper(reaper_stop_rx).await })
+    });
+    if let Some((_, spawner)) = &fastcontainer {
+        spawn_orphan_reaper(spawner.clone(), shutdown_rx.clone());
+    }
     let shared = Shared {
         config,
         plugins,
         registry,
+        fastcontainer: fastcontainer.map(|(manager, _)| manager),
     };
     let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    for (name, fut) in build_services(&shared, shutdown_rx.clone()).await? {
+    let built = match build_services(&shared, shutdown_rx.clone()).await {
+        Ok(built) => built,
+        Err(e) => {
+            stop_workers(&reaper_stop_tx, reaper).await;
+            return Err(e);
+        }
+    };
+    for (name, fut) in built {
         services.spawn(async move { (name, fut.await) });
     }
     if services.is_empty() {
@@ -89,7 +123,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => { info!("SIGHUP: reloading"); reload(&shared).await; }
+            _ = hup.recv() => { info!("SIGHUP: reloading"); reload_plugins(&shared).await; }
             Some(done) = services.join_next(), if !services.is_empty() => {
                 match done {
                     Ok((name, Ok(()))) => warn!(service = name, "service stopped on its own"),
@@ -109,6 +143,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     drain(&mut services, grace).await;
+    stop_workers(&reaper_stop_tx, reaper).await;
     info!("wasmail stopped");
     match first_error {
         Some(e) => Err(e),
@@ -132,6 +167,86 @@ async fn drain(services: &mut JoinSet<(&'static str, anyhow::Result<()>)>, grace
         services.abort_all();
         while services.join_next().await.is_some() {}
     }
+}
+
+/// Lets the FastContainer reaper stop every worker and waits for it (never aborted: a
+/// worker left running would outlive `serve`).
+async fn stop_workers(stop: &watch::Sender<bool>, reaper: Option<tokio::task::JoinHandle<()>>) {
+    let Some(reaper) = reaper else {
+        return;
+    };
+    let _ = stop.send(true);
+    if let Err(e) = reaper.await {
+        error!(error = %e, "fastcontainer reaper panicked");
+    }
+}
+
+/// The `[fastcontainer]` manager over the Linux spawner, with specs from the section and
+/// the registry (when one is open). Refuses to start without root or usable cgroups.
+fn start_fastcontainer(
+    config: &Config,
+    registry: Option<std::sync::Arc<Live>>,
+) -> anyhow::Result<(Manager, std::sync::Arc<LinuxSpawner>)> {
+    let section = config
+        .fastcontainer
+        .clone()
+        .context("no [fastcontainer] section")?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "[fastcontainer] needs root (namespaces, cgroups, bind mounts): run `wasmail serve` \
+             as root or remove the section"
+        );
+    }
+    // The spawner's (empty) root mount points live next to the run directories.
+    let roots_dir = section.run_root.parent().map_or_else(
+        || LinuxSpawnerConfig::default().roots_dir,
+        |parent| parent.join("roots"),
+    );
+    std::fs::create_dir_all(&section.run_root).with_context(|| {
+        format!(
+            "[fastcontainer] run_root: creating {}",
+            section.run_root.display()
+        )
+    })?;
+    let spawner = LinuxSpawner::new(LinuxSpawnerConfig {
+        init_exe: default_init_exe(),
+        cgroup_parent: section.cgroup_root.clone().into(),
+        roots_dir,
+        subreaper: true,
+    })
+    .context("[fastcontainer]: cannot set up worker cgroups (is cgroupfs mounted and writable?)")?;
+    let spawner = std::sync::Arc::new(spawner);
+    let settings = Settings::from_section(&section);
+    let specs = move |domain: &str| {
+        let snapshot = registry.as_ref().map(|live| live.snapshot());
+        section.spec_with_registry(domain, snapshot.as_deref())
+    };
+    let manager = Manager::new(spawner.clone(), specs, settings);
+    info!(
+        cgroups = ?spawner.cgroups().version(),
+        init = %default_init_exe().display(),
+        "fastcontainer manager ready"
+    );
+    Ok((manager, spawner))
+}
+
+/// Collects orphans reparented to this process (the spawner made it a child subreaper)
+/// until shutdown.
+fn spawn_orphan_reaper(spawner: std::sync::Arc<LinuxSpawner>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = crate::listen::flipped(&mut shutdown) => break,
+                () = tokio::time::sleep(ORPHAN_REAP_INTERVAL) => {}
+            }
+            let s = spawner.clone();
+            if let Ok(n) = tokio::task::spawn_blocking(move || s.reap_orphans()).await
+                && n > 0
+            {
+                info!(reaped = n, "collected orphaned processes");
+            }
+        }
+    });
 }
 
 async fn build_services(
@@ -169,6 +284,12 @@ async fn build_services(
         .await
         .context("starting the policy service")?;
         services.push(("policy", service));
+    }
+    if shared.config.admin.is_some() {
+        let service = crate::admin::server::start(shared, shutdown.clone())
+            .await
+            .context("starting the admin API")?;
+        services.push(("admin", service));
     }
     Ok(services)
 }
@@ -237,20 +358,27 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     Ok(Some(host))
 }
 
-/// SIGHUP: reload plugin files (compiled on a blocking thread; a bad file keeps the old
-/// version serving).
-async fn reload(shared: &Shared) {
+/// SIGHUP and the admin API's `/plugins/reload`: reload plugin files (compiled on a
+/// blocking thread; a bad file keeps the old version serving). None when no plugins are
+/// configured or the reload thread panicked.
+pub async fn reload_plugins(shared: &Shared) -> Option<ReloadReport> {
     let Some(host) = shared.plugins.clone() else {
-        info!("SIGHUP: no plugins configured");
-        return;
+        info!("reload: no plugins configured");
+        return None;
     };
     match tokio::task::spawn_blocking(move || host.reload()).await {
-        Ok(report) => info!(
-            loaded = ?report.loaded,
-            unchanged = report.unchanged.len(),
-            failed = ?report.failed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            "plugins reloaded"
-        ),
-        Err(e) => error!(error = %e, "plugin reload thread panicked"),
+        Ok(report) => {
+            info!(
+                loaded = ?report.loaded,
+                unchanged = report.unchanged.len(),
+                failed = ?report.failed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "plugins reloaded"
+            );
+            Some(report)
+        }
+        Err(e) => {
+            error!(error = %e, "plugin reload thread panicked");
+            None
+        }
     }
 }

@@ -23,7 +23,6 @@
 
 pub mod adaptive;
 pub mod cgroup;
-pub mod cli;
 pub mod config;
 pub mod init;
 pub mod manager;
