@@ -1,6 +1,7 @@
 //! One integration-test binary; a module per part. Tests that need root or a system
 //! package check for it and print a loud `SKIPPED:` line when it is missing.
 
+mod admin;
 mod fastcontainer;
 mod host;
 mod lookup;
