@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::{BindMount, ContainerError, Endpoint, Limits, WorkerSpec};
+use super::{BindMount, ContainerError, Endpoint, Limits, WorkerFile, WorkerSpec};
 use crate::config::Validator;
 
 /// Raw `[fastcontainer]` section.
@@ -131,6 +131,18 @@ pub struct WorkerTemplate {
     /// `unix:NAME` (a socket at NAME relative to the worker's run directory) or
     /// `tcp:ADDR:PORT`. Default `unix:worker.sock`.
     pub ready: String,
+    /// Files generated into the worker's run directory before it starts: file name →
+    /// template file on the host (absolute path, read at every spawn, so edits reach the
+    /// next worker). In templates exactly these tokens are replaced and every other brace
+    /// is kept (Dovecot's own `%{...}` and `{ }` blocks pass through): `{domain}`,
+    /// `{run_dir}`, `{storage}` (paths inside the container), `{uid}`, `{gid}`, and
+    /// `{user}`, `{group}` (the names of `uid`/`gid` on the host). Default none.
+    pub files: BTreeMap<String, PathBuf>,
+    /// Name of a file generated in the run directory listing the domain's mailboxes from
+    /// the registry in Dovecot `passwd-file` format (`address:{SCHEME}hash::::::`, one
+    /// line per mailbox with a password; mode 0640), for the worker's passdb. Default
+    /// none.
+    pub passwd_file: Option<String>,
 }
 
 /// `[fastcontainer.limits]`: cgroup limits per worker. Each also accepts `"unlimited"`.
@@ -201,6 +213,8 @@ impl Default for WorkerTemplate {
             uid: 65534,
             gid: 65534,
             ready: "unix:worker.sock".into(),
+            files: BTreeMap::new(),
+            passwd_file: None,
         }
     }
 }
@@ -324,6 +338,32 @@ impl FastContainerSection {
         if let Err(e) = parse_ready(&self.worker.ready) {
             v.error(format!("{key}.worker.ready"), e);
         }
+        for (name, template) in &self.worker.files {
+            if let Err(e) = check_file_name(name) {
+                v.error(format!("{key}.worker.files"), e);
+            }
+            if !template.is_absolute() {
+                v.error(
+                    format!("{key}.worker.files.{name}"),
+                    "the template must be an absolute path",
+                );
+            } else if let Err(e) = std::fs::metadata(template) {
+                v.error(
+                    format!("{key}.worker.files.{name}"),
+                    format_args!("template {}: {e}", template.display()),
+                );
+            }
+        }
+        if let Some(name) = &self.worker.passwd_file {
+            if let Err(e) = check_file_name(name) {
+                v.error(format!("{key}.worker.passwd_file"), e);
+            } else if self.worker.files.contains_key(name) {
+                v.error(
+                    format!("{key}.worker.passwd_file"),
+                    format_args!("`{name}` is also in worker.files"),
+                );
+            }
+        }
         if self.limits.memory.is_some_and(|m| m < 1 << 20) {
             v.error(format!("{key}.limits.memory"), "must be at least 1MiB");
         }
@@ -376,8 +416,21 @@ impl FastContainerSection {
         domain: &str,
         registry: Option<&crate::registry::Snapshot>,
     ) -> Result<WorkerSpec, ContainerError> {
-        let _ = registry;
-        self.spec_for(domain)
+        let mut spec = self.spec_for(domain)?;
+        let Some(snapshot) = registry else {
+            return Ok(spec);
+        };
+        if let Some(d) = snapshot.domain(domain) {
+            apply_domain_limits(&mut spec.limits, &d.settings)?;
+        }
+        if let Some(name) = &self.worker.passwd_file {
+            spec.files.push(WorkerFile {
+                name: name.clone(),
+                contents: passwd_file(snapshot, domain),
+                mode: 0o640,
+            });
+        }
+        Ok(spec)
     }
 
     /// The worker spec for `domain` from the defaults: placeholders substituted, system
@@ -436,7 +489,27 @@ impl FastContainerSection {
             target: self.storage_inside.clone(),
             read_only: false,
         });
+        let files = self
+            .worker
+            .files
+            .iter()
+            .map(|(name, template)| {
+                let text = std::fs::read_to_string(template).map_err(|e| ContainerError::Sys {
+                    step: format!(
+                        "read [fastcontainer.worker.files] template {}",
+                        template.display()
+                    ),
+                    source: e,
+                })?;
+                Ok(WorkerFile {
+                    name: name.clone(),
+                    contents: render_file(&text, &self.file_vars(domain)).into_bytes(),
+                    mode: 0o640,
+                })
+            })
+            .collect::<Result<Vec<_>, ContainerError>>()?;
         Ok(WorkerSpec {
+            files,
             domain: domain.to_string(),
             argv,
             env,
@@ -452,6 +525,120 @@ impl FastContainerSection {
             start_timeout: self.start_timeout,
         })
     }
+}
+
+impl FastContainerSection {
+    /// The tokens replaced in file templates, for `domain`.
+    fn file_vars(&self, domain: &str) -> Vec<(&'static str, String)> {
+        let uid = self.worker.uid;
+        let gid = self.worker.gid;
+        let user = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        let group = nix::unistd::Group::from_gid(gid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| gid.to_string(), |g| g.name);
+        vec![
+            ("domain", domain.to_string()),
+            (
+                "run_dir",
+                self.run_dir_inside.to_string_lossy().into_owned(),
+            ),
+            (
+                "storage",
+                self.storage_inside.to_string_lossy().into_owned(),
+            ),
+            ("uid", uid.to_string()),
+            ("gid", gid.to_string()),
+            ("user", user),
+            ("group", group),
+        ]
+    }
+}
+
+/// Replaces exactly the `{name}` tokens of `vars` in `text`; other braces stay.
+fn render_file(text: &str, vars: &[(&'static str, String)]) -> String {
+    let mut out = text.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+/// A generated file's name: one plain path component.
+fn check_file_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be a plain file name inside the run directory"
+        ))
+    }
+}
+
+/// Per-domain limit overrides from registry settings (`worker.memory`, `worker.cpu`,
+/// `worker.pids`, same spellings as `[fastcontainer.limits]`).
+fn apply_domain_limits(
+    limits: &mut Limits,
+    settings: &BTreeMap<String, String>,
+) -> Result<(), ContainerError> {
+    let bad = |k: &str, e: String| ContainerError::Invalid(format!("registry setting {k}: {e}"));
+    let unlimited = |v: &str| v.trim().eq_ignore_ascii_case("unlimited");
+    if let Some(v) = settings.get("worker.memory") {
+        limits.memory_bytes = if unlimited(v) {
+            None
+        } else {
+            Some(parse_size(v).map_err(|e| bad("worker.memory", e))?)
+        };
+    }
+    if let Some(v) = settings.get("worker.cpu") {
+        limits.cpu_millis = if unlimited(v) {
+            None
+        } else {
+            Some(parse_cpu(v).map_err(|e| bad("worker.cpu", e))?)
+        };
+    }
+    if let Some(v) = settings.get("worker.pids") {
+        limits.pids_max = if unlimited(v) {
+            None
+        } else {
+            Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("worker.pids", format!("`{v}` is not a count above 0")))?,
+            )
+        };
+    }
+    Ok(())
+}
+
+/// The domain's mailboxes with a password, in Dovecot passwd-file format.
+fn passwd_file(snapshot: &crate::registry::Snapshot, domain: &str) -> Vec<u8> {
+    let mut out = String::new();
+    for m in snapshot.mailboxes.values().filter(|m| m.domain() == domain) {
+        // A hash with `:` or a line break would corrupt the file; the registry never
+        // stores one, but skip rather than trust.
+        if let Some(hash) = m
+            .password_hash
+            .as_deref()
+            .filter(|h| !h.contains([':', '\n', '\r']))
+        {
+            out.push_str(&m.address);
+            out.push(':');
+            out.push_str(hash);
+            out.push_str("::::::\n");
+        }
+    }
+    out.into_bytes()
 }
 
 /// Checks that `domain` is a lower-case DNS name (letters, digits, hyphens; labels of

@@ -1412,6 +1412,7 @@ mod tests {
                 nofile: 1024,
                 ready: Endpoint::Unix(base.join(domain).join("w.sock")),
                 start_timeout,
+                files: Vec::new(),
             })
         };
         let mgr = Manager::new(spawner.clone(), specs, settings);
@@ -1978,6 +1979,7 @@ mod tests {
             nofile: 64,
             ready: Endpoint::Unix("/run/w/a.example/sub/w.sock".into()),
             start_timeout: Duration::from_secs(1),
+            files: Vec::new(),
         };
         let s = instance_spec(spec.clone(), 7).unwrap();
         assert_eq!(s.run_dir, Path::new("/run/w/a.example@7"));

@@ -96,6 +96,31 @@ pub struct WorkerSpec {
     pub ready: Endpoint,
     /// Longest wait for `ready` after spawn.
     pub start_timeout: Duration,
+    /// Files written into the run directory before the worker starts (generated
+    /// configuration, a passdb file), owned by `uid`/`gid`.
+    pub files: Vec<WorkerFile>,
+}
+
+/// A file the spawner writes into a worker's run directory before starting it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerFile {
+    /// File name inside the run directory (one plain path component).
+    pub name: String,
+    /// Contents.
+    pub contents: Vec<u8>,
+    /// Permission bits, e.g. 0o640.
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for WorkerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Contents may hold password hashes: never print them.
+        f.debug_struct("WorkerFile")
+            .field("name", &self.name)
+            .field("bytes", &self.contents.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
 }
 
 /// Resource usage read from a worker's cgroup.

@@ -36,7 +36,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +95,6 @@ pub fn default_init_exe() -> PathBuf {
 pub struct LinuxSpawner {
     config: LinuxSpawnerConfig,
     cgroups: CgroupTree,
-    seq: AtomicU64,
     /// Host pids of running (not yet reaped) workers: never touched by the orphan reaper.
     live: Arc<Mutex<HashSet<i32>>>,
     /// Zombie children seen by the previous [`LinuxSpawner::reap_orphans`].
@@ -138,7 +137,6 @@ impl LinuxSpawner {
         Ok(Self {
             config,
             cgroups,
-            seq: AtomicU64::new(0),
             live: Arc::default(),
             zombies: Mutex::default(),
         })
@@ -153,7 +151,9 @@ impl LinuxSpawner {
     pub fn spawn_linux(&self, spec: &WorkerSpec) -> Result<LinuxWorker, ContainerError> {
         let t0 = Instant::now();
         validate(spec)?;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        // One counter per process, not per spawner: two spawners in one process (tests,
+        // a reload) must never pick the same cgroup or root name.
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}@{}.{seq}", sanitize(&spec.domain), std::process::id());
         let root = self.config.roots_dir.join(&name);
         let init_spec = init_spec(spec, &root);
@@ -168,6 +168,8 @@ impl LinuxSpawner {
             cgroup: None,
         };
         make_run_dir(spec)?;
+        write_files(spec)?;
+        make_storage_dirs(spec)?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
@@ -342,6 +344,19 @@ fn validate(spec: &WorkerSpec) -> Result<(), ContainerError> {
     if spec.argv.iter().any(|a| a.contains('\0')) {
         return bad("argv contains NUL".into());
     }
+    for f in &spec.files {
+        let p = Path::new(&f.name);
+        let plain = matches!(
+            p.components().collect::<Vec<_>>()[..],
+            [Component::Normal(_)]
+        );
+        if !plain || f.name.contains('\0') {
+            return bad(format!(
+                "file {:?} must be a plain name inside the run directory",
+                f.name
+            ));
+        }
+    }
     if spec
         .env
         .iter()
@@ -421,6 +436,50 @@ fn make_run_dir(spec: &WorkerSpec) -> Result<(), ContainerError> {
         .map_err(|e| sys(step(&format!("chown {}:{}", spec.uid, spec.gid)), e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).map_err(|e| sys(step("chmod"), e))
 }
+
+/// Writes the spec's generated files into its run directory, owned by the worker.
+fn write_files(spec: &WorkerSpec) -> Result<(), ContainerError> {
+    for f in &spec.files {
+        let path = spec.run_dir.join(&f.name);
+        let step = |what: &str| format!("{what} {}", path.display());
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(f.mode)
+            .open(&path)
+            .map_err(|e| sys(step("create"), e))?;
+        file.write_all(&f.contents)
+            .map_err(|e| sys(step("write"), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))
+            .map_err(|e| sys(step("chmod"), e))?;
+        std::os::unix::fs::chown(&path, Some(spec.uid), Some(spec.gid))
+            .map_err(|e| sys(step(&format!("chown {}:{}", spec.uid, spec.gid)), e))?;
+    }
+    Ok(())
+}
+
+/// Creates missing sources of read-write mounts (a new domain's storage), owned by the
+/// worker and private to it. Existing directories are left as they are.
+fn make_storage_dirs(spec: &WorkerSpec) -> Result<(), ContainerError> {
+    for m in spec.mounts.iter().filter(|m| !m.read_only) {
+        if m.source.exists() {
+            continue;
+        }
+        let step = |what: &str| format!("{what} {}", m.source.display());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&m.source)
+            .map_err(|e| sys(step("mkdir"), e))?;
+        std::os::unix::fs::chown(&m.source, Some(spec.uid), Some(spec.gid))
+            .map_err(|e| sys(step(&format!("chown {}:{}", spec.uid, spec.gid)), e))?;
+    }
+    Ok(())
+}
+
+/// Sequence numbers for worker names (cgroups, root mount points) in this process.
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Everything the cloned child touches, allocated before the clone.
 struct ChildPlan {
@@ -858,6 +917,7 @@ mod tests {
             nofile: 1024,
             ready: Endpoint::Unix("/run/wasmail/w/example.org/sock".into()),
             start_timeout: Duration::from_secs(1),
+            files: Vec::new(),
         }
     }
 
@@ -931,7 +991,6 @@ mod tests {
                 ..LinuxSpawnerConfig::default()
             },
             cgroups: CgroupTree::v2(tmp.path(), "x").unwrap(),
-            seq: AtomicU64::new(0),
             live: Arc::default(),
             zombies: Mutex::default(),
         };

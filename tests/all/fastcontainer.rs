@@ -84,6 +84,7 @@ fn worker_spec(tmp: &Path, domain: &str, mode: &[&str]) -> WorkerSpec {
         nofile: 256,
         ready: Endpoint::Unix(run_dir.join("sock")),
         start_timeout: Duration::from_secs(10),
+        files: Vec::new(),
     }
 }
 

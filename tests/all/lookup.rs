@@ -136,12 +136,13 @@ plugin = "strict"
 fn postmap(key: &str, map: &str) -> (i32, String, String) {
     let etc = tempfile::tempdir().unwrap();
     std::fs::write(etc.path().join("main.cf"), "").unwrap();
-    let out = Command::new("postmap")
-        .arg("-c")
-        .arg(etc.path())
-        .args(["-q", key, map])
-        .output()
-        .expect("postmap");
+    let out = crate::support::output_within(
+        Command::new("postmap")
+            .arg("-c")
+            .arg(etc.path())
+            .args(["-q", key, map]),
+        Duration::from_secs(60),
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).trim_end().to_string(),

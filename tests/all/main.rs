@@ -3,6 +3,8 @@
 
 mod admin;
 mod fastcontainer;
+mod fastcontainer_dovecot;
+mod fastcontainer_manager;
 mod host;
 mod lookup;
 mod milter_libmilter;

@@ -361,12 +361,13 @@ file = "{plugins}/stamp.wasm"
 value = "load"
 "#,
     );
-    let out = std::process::Command::new(support::which("smtp-source").unwrap())
-        .args(["-s", "10", "-m", "200", "-l", "2048", "-c"])
-        .args(["-f", "alice@example.org", "-t", "bob@example.com"])
-        .arg(format!("127.0.0.1:{}", pf.filter_port))
-        .output()
-        .unwrap();
+    let out = support::output_within(
+        std::process::Command::new(support::which("smtp-source").unwrap())
+            .args(["-s", "10", "-m", "200", "-l", "2048", "-c"])
+            .args(["-f", "alice@example.org", "-t", "bob@example.com"])
+            .arg(format!("127.0.0.1:{}", pf.filter_port)),
+        std::time::Duration::from_secs(300),
+    );
     assert!(
         out.status.success(),
         "smtp-source: {}",
@@ -662,12 +663,13 @@ fn several_messages_on_one_smtp_connection_each_get_a_fresh_plugin_instance() {
         "[plugin.stamp]\nfile = \"{plugins}/stamp.wasm\"\n[plugin.stamp.settings]\nvalue = \"multi\"\n",
     );
     // -d: do not disconnect between messages; 5 messages over one SMTP session.
-    let out = std::process::Command::new(support::which("smtp-source").unwrap())
-        .args(["-d", "-s", "1", "-m", "5", "-l", "512", "-c"])
-        .args(["-f", "alice@example.org", "-t", "bob@example.com"])
-        .arg(format!("127.0.0.1:{}", pf.filter_port))
-        .output()
-        .unwrap();
+    let out = support::output_within(
+        std::process::Command::new(support::which("smtp-source").unwrap())
+            .args(["-d", "-s", "1", "-m", "5", "-l", "512", "-c"])
+            .args(["-f", "alice@example.org", "-t", "bob@example.com"])
+            .arg(format!("127.0.0.1:{}", pf.filter_port)),
+        std::time::Duration::from_secs(300),
+    );
     assert!(
         out.status.success(),
         "smtp-source: {}",

@@ -154,6 +154,53 @@ impl Drop for Serve {
     }
 }
 
+/// Runs `cmd` to completion like `Command::output`, but fails the test (naming the
+/// command and what it printed so far) when it has not exited within `timeout`, instead
+/// of hanging the whole run. Output goes through temp files, not pipes, so a daemon the
+/// command leaves running (Postfix's master) cannot hold the read side open.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    timeout: std::time::Duration,
+) -> std::process::Output {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().unwrap();
+    let mut err = tempfile::tempfile().unwrap();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut text = String::new();
+            for f in [&mut out, &mut err] {
+                f.rewind().unwrap();
+                let _ = f.read_to_string(&mut text);
+            }
+            panic!("{cmd:?} did not finish within {timeout:?}; it printed:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let read = |f: &mut std::fs::File| {
+        let mut v = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    std::process::Output {
+        status,
+        stdout: read(&mut out),
+        stderr: read(&mut err),
+    }
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -55,7 +55,7 @@ pub struct Postfix {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = super::output_within(cmd, Duration::from_secs(120));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -200,7 +200,8 @@ impl Postfix {
             .args(["--from", from, "--to", &to.join(",")])
             .args(["--helo", "client.wasmail.test", "--timeout", "60"])
             .args(extra);
-        let out = cmd.output().expect("running swaks");
+        // swaks's own --timeout is per SMTP step; this bounds the whole conversation.
+        let out = super::output_within(&mut cmd, Duration::from_secs(180));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -303,11 +304,24 @@ fn chmod(p: &Path, mode: u32) {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
+        // Never panics (this may run while a test is already failing).
+        if let Ok(mut child) = Command::new("postfix")
             .arg("-c")
             .arg(&self.etc)
             .arg("stop")
-            .output();
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         // Give master a moment to take its children down before the dir goes away.
         std::thread::sleep(Duration::from_millis(300));
         if std::env::var_os("WASMAIL_KEEP_POSTFIX").is_some() {
