@@ -6,6 +6,7 @@
 //! - [`milter_service`]: the `[milter]` service that runs plugin chains for Postfix.
 //! - [`registry`]: the domain registry (domains, mailboxes, aliases, plugin chains).
 //! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
+//! - [`mailhook`]: `mail-hook` plugin chains shared by the mail fronts and Dovecot endpoints.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
 //! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
 
@@ -15,6 +16,7 @@ pub mod fastcontainer;
 pub mod host;
 pub mod listen;
 pub mod lookup;
+pub mod mailhook;
 pub mod milter_service;
 pub mod policy;
 pub mod registry;
