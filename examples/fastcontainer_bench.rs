@@ -63,6 +63,12 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // RUST_LOG=wasmail=debug shows where each start's time goes (fastcontainer.spawn).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     match Args::parse().cmd {
         Cmd::ColdStarts {
             n,
