@@ -8,7 +8,15 @@
 //!    (argon2 on the blocking pool; an unknown user is checked against a dummy hash so
 //!    both take the same time);
 //! 4. the `post-login` hook chain, which may still deny or rewrite the user;
-//! 5. the domain's worker is acquired (started if cold).
+//! 5. the domain's worker is acquired (started if cold) and the user logged in there
+//!    ([`backend::login`]).
+//!
+//! Steps 3 and 5 overlap when the mailbox exists and no `post-login` hook is subscribed:
+//! the worker is acquired and logged in to while the password hash is checked, and that
+//! speculative session is dropped at once if the check fails. A login then costs one
+//! password check, not two in a row (the worker's Dovecot checks it again), and a cold
+//! worker starts while we hash. The price: a wrong password for an existing mailbox may
+//! start its domain's worker (reaped when idle), never an unknown user's or domain's.
 //!
 //! Every credential failure is reported as [`Refusal::BadCredentials`] after
 //! `auth_failure_delay`, whatever the reason (logged, never shown).
@@ -18,8 +26,10 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use super::Refusal;
+use super::backend::{self, Backend, BackendError};
 use super::config::Credentials;
+use super::{Protocol, Refusal};
+use crate::fastcontainer::Endpoint;
 use crate::fastcontainer::manager::{Lease, Manager};
 use crate::host::calls::{HookEvent, HookSession};
 use crate::mailhook::{HookChain, Outcome};
@@ -29,12 +39,25 @@ use crate::registry::password::{Secret, hash_password, verify_password};
 /// A login that passed: the final user name, its domain, and the worker session.
 #[derive(Debug)]
 pub struct Admitted {
-    /// The user name to log in with at the worker (lower-case `local@domain`).
+    /// The user name logged in at the worker (lower-case `local@domain`).
     pub user: String,
     /// Its domain.
     pub domain: String,
     /// The worker session, held until the client session ends.
     pub lease: Lease,
+    /// The logged-in connection to the worker.
+    pub backend: Backend,
+}
+
+/// Names of the worker's sockets and the time a worker login may take.
+#[derive(Debug, Clone)]
+pub struct WorkerSockets {
+    /// IMAP socket file name in the worker's run directory.
+    pub imap: String,
+    /// POP3 socket file name.
+    pub pop3: String,
+    /// Longest worker login (connect, greeting, answer).
+    pub timeout: Duration,
 }
 
 /// The shared login logic of the fronts.
@@ -45,6 +68,7 @@ pub struct Gate {
     manager: Option<Manager>,
     credentials: Credentials,
     failure_delay: Duration,
+    sockets: WorkerSockets,
 }
 
 impl Gate {
@@ -55,6 +79,7 @@ impl Gate {
         manager: Option<Manager>,
         credentials: Credentials,
         failure_delay: Duration,
+        sockets: WorkerSockets,
     ) -> Gate {
         Gate {
             hooks,
@@ -62,6 +87,7 @@ impl Gate {
             manager,
             credentials,
             failure_delay,
+            sockets,
         }
     }
 
@@ -84,6 +110,7 @@ impl Gate {
     /// Decides one login attempt (steps 1 to 5 above).
     pub async fn login(
         &self,
+        protocol: Protocol,
         session: &HookSession,
         user: &str,
         password: &Secret,
@@ -112,13 +139,27 @@ impl Gate {
             self.burn(password).await;
             return Err(self.fail().await);
         }
+        let post_login = self.hooks.wants(Some(&domain), "post-login");
+        let mut speculative = None;
         if self.credentials == Credentials::Registry {
             let stored = snapshot
                 .mailbox(&address)
                 .and_then(|m| m.password_hash.clone());
             let known = stored.is_some();
+            if known && !post_login {
+                let route = self.clone().route(
+                    protocol,
+                    address.clone(),
+                    domain.clone(),
+                    Secret::new(password.expose().to_string()),
+                );
+                speculative = Some(tokio::spawn(route));
+            }
             let ok = self.verify(stored, password).await;
             if !ok {
+                if let Some(h) = speculative {
+                    h.abort();
+                }
                 let reason = if known {
                     "wrong password"
                 } else {
@@ -128,9 +169,12 @@ impl Gate {
                 return Err(self.fail().await);
             }
         }
+        if let Some(h) = speculative {
+            return h.await.unwrap_or(Err(Refusal::Tempfail));
+        }
         let mut user = address;
         let mut domain = domain;
-        if self.hooks.wants(Some(&domain), "post-login") {
+        if post_login {
             let event = HookEvent::PostLogin((session.clone(), user.clone()));
             if let Some(new) = self.hook(Some(&domain), event).await? {
                 let Some((a, d)) = split(&new) else {
@@ -142,18 +186,58 @@ impl Gate {
                 domain = d;
             }
         }
+        let password = Secret::new(password.expose().to_string());
+        self.clone().route(protocol, user, domain, password).await
+    }
+
+    /// Acquires `domain`'s worker and logs `user` in there.
+    async fn route(
+        self,
+        protocol: Protocol,
+        user: String,
+        domain: String,
+        password: Secret,
+    ) -> Result<Admitted, Refusal> {
         let Some(manager) = &self.manager else {
             warn!("no [fastcontainer] manager: cannot route the session");
             return Err(Refusal::Tempfail);
         };
-        match manager.acquire(&domain).await {
-            Ok(lease) => Ok(Admitted {
+        let lease = match manager.acquire(&domain).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                warn!(domain = %domain, error = %e, "worker unavailable");
+                return Err(Refusal::Tempfail);
+            }
+        };
+        let name = match protocol {
+            Protocol::Imap => &self.sockets.imap,
+            Protocol::Pop3 => &self.sockets.pop3,
+        };
+        let socket = match lease.endpoint() {
+            Endpoint::Unix(p) => p.with_file_name(name),
+            Endpoint::Tcp(a) => {
+                warn!(endpoint = %a, "the worker has a TCP endpoint; the fronts need its unix sockets");
+                return Err(Refusal::Tempfail);
+            }
+        };
+        match backend::login(protocol, &socket, &user, &password, self.sockets.timeout).await {
+            Ok(backend) => Ok(Admitted {
                 user,
                 domain,
                 lease,
+                backend,
             }),
+            Err(BackendError::Refused(text)) => {
+                if self.credentials == Credentials::Registry {
+                    warn!(user = %user, worker = %text, "the worker refused a login the registry accepted (password changed since the worker started?)");
+                } else {
+                    info!(user = %user, worker = %text, "login failed at the worker");
+                }
+                drop(lease);
+                Err(self.fail().await)
+            }
             Err(e) => {
-                warn!(domain = %domain, error = %e, "worker unavailable");
+                warn!(user = %user, error = %e, "worker login failed");
                 Err(Refusal::Tempfail)
             }
         }

@@ -2,8 +2,8 @@
 //!
 //! A connection goes through: the `connect` hooks, the greeting, the pre-login loop of
 //! its [`FrontSession`] (with STARTTLS/STLS upgrading the stream in place and bytes sent
-//! after the command discarded), the login ([`Gate::login`], then [`backend::login`] at
-//! the worker), and finally a splice of bytes in both directions
+//! after the command discarded), the login ([`Gate::login`], which ends logged in at the
+//! worker), and finally a splice of bytes in both directions
 //! ([`tokio::io::copy_bidirectional_with_sizes`], nothing parsed) until either side
 //! closes, the session has been idle for `idle_timeout`, or `serve` shuts down. The
 //! worker [`Lease`](crate::fastcontainer::manager::Lease) lives exactly as long as the
@@ -26,12 +26,10 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 use wasmail_milter::net::Stream;
 
-use super::backend::{self, BackendError};
-use super::config::{Credentials, ProxySection};
-use super::gate::Gate;
+use super::config::ProxySection;
+use super::gate::{Gate, WorkerSockets};
 use super::imap::Settings;
-use super::{Action, FrontSession, LoginRequest, Protocol, Refusal, imap, pop3};
-use crate::fastcontainer::Endpoint;
+use super::{Action, FrontSession, LoginRequest, imap, pop3};
 use crate::host::calls::HookSession;
 use crate::listen;
 use crate::mailhook::HookChain;
@@ -83,6 +81,11 @@ pub async fn start(
         shared.fastcontainer.clone(),
         section.credentials,
         section.auth_failure_delay,
+        WorkerSockets {
+            imap: section.worker_imap.clone(),
+            pop3: section.worker_pop3.clone(),
+            timeout: section.login_timeout.min(Duration::from_secs(30)),
+        },
     );
     let front = Arc::new(Front {
         gate,
@@ -373,45 +376,21 @@ async fn login<S: FrontSession>(
 ) -> Option<Action> {
     let protocol = S::PROTOCOL;
     let started = Instant::now();
-    let admitted = match front
+    let mut admitted = match front
         .gate
-        .login(hook_session, &req.user, &req.password, req.mechanism)
+        .login(
+            protocol,
+            hook_session,
+            &req.user,
+            &req.password,
+            req.mechanism,
+        )
         .await
     {
         Ok(a) => a,
         Err(why) => return Some(session.refused(&req.tag, &why)),
     };
-    let name = match protocol {
-        Protocol::Imap => &front.section.worker_imap,
-        Protocol::Pop3 => &front.section.worker_pop3,
-    };
-    let socket = match admitted.lease.endpoint() {
-        Endpoint::Unix(p) => p.with_file_name(name),
-        Endpoint::Tcp(a) => {
-            warn!(endpoint = %a, "the worker has a TCP endpoint; the fronts need its unix sockets");
-            return Some(session.refused(&req.tag, &Refusal::Tempfail));
-        }
-    };
-    let timeout = front.section.login_timeout.min(Duration::from_secs(30));
-    let mut worker = match backend::login(protocol, &socket, &admitted.user, &req.password, timeout)
-        .await
-    {
-        Ok(b) => b,
-        Err(BackendError::Refused(text)) => {
-            if front.section.credentials == Credentials::Registry {
-                warn!(user = %admitted.user, worker = %text, "the worker refused a login the registry accepted (password changed since the worker started?)");
-            } else {
-                info!(user = %admitted.user, worker = %text, "login failed at the worker");
-            }
-            drop(admitted);
-            let why = front.gate.fail().await;
-            return Some(session.refused(&req.tag, &why));
-        }
-        Err(e) => {
-            warn!(user = %admitted.user, error = %e, "worker login failed");
-            return Some(session.refused(&req.tag, &Refusal::Tempfail));
-        }
-    };
+    let worker = &mut admitted.backend;
     drop(req.password);
     let mut hello = std::mem::take(&mut worker.untagged);
     hello.extend_from_slice(&session.logged_in(&req.tag, &worker.text));
