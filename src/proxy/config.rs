@@ -170,3 +170,50 @@ impl ProxySection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    fn problems(text: &str) -> Vec<(usize, String, String)> {
+        match Config::from_str_at(text, Path::new("t.toml")) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(d)) => {
+                d.into_iter().map(|d| (d.line, d.key, d.message)).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const FC: &str = "[fastcontainer.worker]\nargv = [\"/usr/sbin/dovecot\"]\n";
+
+    #[test]
+    fn a_valid_section_starts_both_fronts() {
+        let text =
+            format!("{FC}[proxy]\nimap = \"inet:127.0.0.1:1143\"\npop3 = \"unix:/run/p.sock\"\n");
+        let c = Config::from_str_at(&text, Path::new("t.toml")).unwrap();
+        let p = c.proxy.as_ref().unwrap();
+        assert!(p.allow_plaintext_on_loopback);
+        assert_eq!((p.max_line, p.worker_imap.as_str()), (8192, "imap"));
+        assert!(c.services().ends_with(&["imap", "pop3"]));
+    }
+
+    #[test]
+    fn problems_are_located_by_key() {
+        let p = problems(
+            "[proxy]\nimap = \"inet:127.0.0.1:1143\"\ntls_cert = \"/c.pem\"\nhooks = [\"nope\"]\nmax_line = 10\nworker_pop3 = \"a/b\"\n",
+        );
+        let keys: Vec<&str> = p.iter().map(|(_, k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"proxy.tls_key"), "{p:?}");
+        assert!(keys.contains(&"proxy.hooks[0]"), "{p:?}");
+        assert!(keys.contains(&"proxy.max_line"), "{p:?}");
+        assert!(keys.contains(&"proxy.worker_pop3"), "{p:?}");
+        let fc = p.iter().find(|(_, k, _)| k == "proxy").unwrap();
+        assert!(fc.2.contains("[fastcontainer]"), "{p:?}");
+        assert_eq!(fc.0, 1);
+        let p = problems(&format!("{FC}[proxy]\n"));
+        assert!(p[0].2.contains("set `imap`, `pop3` or both"), "{p:?}");
+    }
+}
