@@ -8,6 +8,7 @@
 //! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
 //! - [`mailhook`]: `mail-hook` plugin chains shared by the mail fronts and Dovecot endpoints.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
+//! - [`proxy`]: the IMAP and POP3 fronts that route logins to the domain's worker.
 //! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod lookup;
 pub mod mailhook;
 pub mod milter_service;
 pub mod policy;
+pub mod proxy;
 pub mod registry;
 pub mod serve;
 pub mod telemetry;

@@ -285,6 +285,12 @@ async fn build_services(
         .context("starting the policy service")?;
         services.push(("policy", service));
     }
+    if let Some(proxy) = shared.config.proxy.clone() {
+        let fronts = crate::proxy::service::start(proxy, shared, shutdown.clone())
+            .await
+            .context("starting the IMAP/POP3 fronts")?;
+        services.extend(fronts);
+    }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())
             .await
@@ -295,10 +301,14 @@ async fn build_services(
 }
 
 /// Opens the domain registry when a service that reads it is configured (the lookup and
-/// policy responders), or the file has a `[registry]` section (the milter then also runs
-/// registry domain chains); the schema is created or migrated here.
+/// policy responders, the IMAP/POP3 fronts), or the file has a `[registry]` section (the
+/// milter then also runs registry domain chains); the schema is created or migrated here.
 async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
-    if config.lookup.is_none() && config.policy.is_none() && config.registry.is_none() {
+    if config.lookup.is_none()
+        && config.policy.is_none()
+        && config.proxy.is_none()
+        && config.registry.is_none()
+    {
         return Ok(None);
     }
     let section = config.registry_section();
@@ -344,6 +354,11 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     if let Some(p) = &config.policy {
         for name in &p.chain {
             expect.insert(name.clone(), World::Policy);
+        }
+    }
+    if let Some(p) = &config.proxy {
+        for name in &p.hooks {
+            expect.insert(name.clone(), World::MailHook);
         }
     }
     let runtime = tokio::runtime::Handle::current();

@@ -31,6 +31,7 @@ use crate::host::config::{PluginEntry, PluginsSection};
 use crate::lookup::config::LookupSection;
 use crate::milter_service::config::MilterSection;
 use crate::policy::config::PolicySection;
+use crate::proxy::config::ProxySection;
 use crate::registry::config::RegistrySection;
 
 /// The whole configuration file.
@@ -60,6 +61,9 @@ pub struct Config {
     pub fastcontainer: Option<FastContainerSection>,
     /// Admin API (health, metrics, workers); absent = not started.
     pub admin: Option<AdminSection>,
+    /// IMAP and POP3 fronts routing logins to FastContainer workers; absent = not
+    /// started. Needs `[fastcontainer]`.
+    pub proxy: Option<ProxySection>,
     /// Where this configuration was read from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -295,6 +299,15 @@ impl Config {
         if let Some(a) = &self.admin {
             a.validate("admin", v);
         }
+        if let Some(p) = &self.proxy {
+            p.validate("proxy", &plugin_exists, v);
+            if self.fastcontainer.is_none() {
+                v.error(
+                    "proxy",
+                    "the fronts route sessions to workers: add a [fastcontainer] section",
+                );
+            }
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
@@ -319,6 +332,14 @@ impl Config {
         }
         if self.admin.is_some() {
             s.push("admin");
+        }
+        if let Some(p) = &self.proxy {
+            if p.imap.is_some() {
+                s.push("imap");
+            }
+            if p.pop3.is_some() {
+                s.push("pop3");
+            }
         }
         s
     }

@@ -13,6 +13,7 @@ mod milter_postfix;
 mod milter_service;
 mod plugins_examples;
 mod policy;
+mod proxy;
 mod registry;
 mod serve;
 mod support;
