@@ -10,7 +10,8 @@
 //! With `[fastcontainer]`, the worker manager is created first (root and usable cgroups
 //! are checked at start) and shared with the services through [`Shared`]; its reaper runs
 //! beside the services and, once they have drained, stops every worker before `serve`
-//! returns. With `[admin]`, the admin API runs as the `admin` service.
+//! returns. With `[admin]`, the admin API runs as the `admin` service; with `[dovecot]`,
+//! the Dovecot delegation endpoints run as the `dovecot` service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -285,6 +286,12 @@ async fn build_services(
         .context("starting the policy service")?;
         services.push(("policy", service));
     }
+    if shared.config.dovecot.is_some() {
+        let service = crate::dovecot::start(shared, shutdown.clone())
+            .await
+            .context("starting the dovecot endpoints")?;
+        services.push(("dovecot", service));
+    }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())
             .await
@@ -295,10 +302,14 @@ async fn build_services(
 }
 
 /// Opens the domain registry when a service that reads it is configured (the lookup and
-/// policy responders), or the file has a `[registry]` section (the milter then also runs
+/// policy responders, the Dovecot endpoints), or the file has a `[registry]` section (the milter then also runs
 /// registry domain chains); the schema is created or migrated here.
 async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
-    if config.lookup.is_none() && config.policy.is_none() && config.registry.is_none() {
+    if config.lookup.is_none()
+        && config.policy.is_none()
+        && config.dovecot.is_none()
+        && config.registry.is_none()
+    {
         return Ok(None);
     }
     let section = config.registry_section();
@@ -344,6 +355,11 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     if let Some(p) = &config.policy {
         for name in &p.chain {
             expect.insert(name.clone(), World::Policy);
+        }
+    }
+    if let Some(d) = &config.dovecot {
+        for name in &d.hooks {
+            expect.insert(name.clone(), World::MailHook);
         }
     }
     let runtime = tokio::runtime::Handle::current();

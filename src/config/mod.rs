@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use locate::Locator;
 
 use crate::admin::config::AdminSection;
+use crate::dovecot::config::DovecotSection;
 use crate::fastcontainer::config::FastContainerSection;
 use crate::host::config::{PluginEntry, PluginsSection};
 use crate::lookup::config::LookupSection;
@@ -60,6 +61,9 @@ pub struct Config {
     pub fastcontainer: Option<FastContainerSection>,
     /// Admin API (health, metrics, workers); absent = not started.
     pub admin: Option<AdminSection>,
+    /// Dovecot delegation endpoints (auth policy, Lua passdb, post-login, events);
+    /// absent = not started.
+    pub dovecot: Option<DovecotSection>,
     /// Where this configuration was read from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -295,6 +299,9 @@ impl Config {
         if let Some(a) = &self.admin {
             a.validate("admin", v);
         }
+        if let Some(d) = &self.dovecot {
+            d.validate("dovecot", &plugin_exists, v);
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
@@ -319,6 +326,9 @@ impl Config {
         }
         if self.admin.is_some() {
             s.push("admin");
+        }
+        if self.dovecot.is_some() {
+            s.push("dovecot");
         }
         s
     }
