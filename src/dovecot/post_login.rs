@@ -182,9 +182,11 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)>
 
 /// The peer address of a received socket fd, for the debug log.
 fn describe_fd(fd: &OwnedFd) -> String {
-    use nix::sys::socket::{SockaddrStorage, getpeername};
-    match getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
-        Ok(a) => a.to_string(),
+    match socket2::SockRef::from(fd).peer_addr() {
+        Ok(a) => match a.as_socket() {
+            Some(ip) => ip.to_string(),
+            None => "(not an IP socket)".into(),
+        },
         Err(e) => format!("({e})"),
     }
 }
