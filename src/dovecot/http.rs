@@ -23,8 +23,11 @@ use super::{Endpoints, Presented, Reply};
 use crate::listen;
 use crate::serve::ServiceFuture;
 
-/// A client must send a request's headers within this time.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a request's headers within this time; it also bounds how long an
+/// idle keep-alive connection stays open. Above the idle times of Dovecot's HTTP
+/// clients (10 s for the auth policy), so Dovecot closes first and never sends a
+/// request on a connection wasmail is closing.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Binds the HTTP listener and returns the service future.
 pub async fn start(
@@ -106,7 +109,16 @@ async fn respond(
         if let Some(refused) = endpoints.check_key(presented, peer, &path) {
             return into_response(refused);
         }
-        let body = match Limited::new(body, max_body).collect().await {
+        let read = tokio::time::timeout(
+            endpoints.request_timeout,
+            Limited::new(body, max_body).collect(),
+        );
+        let Ok(read) = read.await else {
+            warn!(peer, "dovecot: request body not received in time (408)");
+            endpoints.metrics.count("http", "body_timeout");
+            return into_response(Reply::text(408, "request body timed out\n"));
+        };
+        let body = match read {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 let too_large = e.is::<http_body_util::LengthLimitError>();

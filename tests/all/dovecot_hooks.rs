@@ -304,6 +304,21 @@ fn bad_http_input_is_refused_without_hanging() {
     let (status, json) = policy(port, "allow", &body);
     assert_eq!((status, json["status"].as_i64()), (200, Some(0)));
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // A client that stalls in the middle of its body gets 408 after request_timeout
+    // (1.5 s), not a connection held forever.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /auth-policy?command=allow HTTP/1.1\r\nHost: x\r\n{KEY_HEADER}\r\nContent-Length: 100\r\n\r\n{{\"login\""
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut resp = String::new();
+    let _ = slow.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(s.stop(Duration::from_secs(10)).success());
 }
 
@@ -666,4 +681,89 @@ fn dovecot_front_delegates_policy_passdb_post_login_and_events() {
     assert!(log.contains("dovecot passdb"), "{log}");
     drop(dovecot);
     assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
+const WORKER: &str = env!("CARGO_BIN_EXE_fc-test-worker");
+
+/// `GET /workers` on the admin unix socket (no token needed there).
+fn workers(admin: &Path) -> serde_json::Value {
+    let mut s = UnixStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /workers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+#[test]
+fn auth_policy_allow_prewarms_the_domain_worker() {
+    let name = "dovecot_hooks::auth_policy_allow_prewarms_the_domain_worker";
+    if !require_root(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    seed_registry(dir.path());
+    std::fs::write(dir.path().join("dovecot.key"), format!("{KEY}\n")).unwrap();
+    std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
+    let port = free_port();
+    let worker_dir = Path::new(WORKER).parent().unwrap().display().to_string();
+    let config = format!(
+        "[server]\nshutdown_grace = \"5s\"\n\
+         [registry]\npath = \"{{dir}}/registry.db\"\n\
+         [dovecot]\nhttp = \"127.0.0.1:{port}\"\napi_key_file = \"{{dir}}/dovecot.key\"\n\
+         [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
+         [fastcontainer]\nrun_root = \"{{dir}}/run\"\nstorage_root = \"{{dir}}/mail\"\n\
+         cgroup_root = \"wasmail-dovecot-test\"\nidle = \"fixed\"\nidle_timeout = \"10m\"\n\
+         stop_grace = \"2s\"\nstart_timeout = \"10s\"\n\
+         system_mounts = [\"/usr\", \"/lib\", \"/lib64\", \"/bin\", \"/sbin\", \"/etc\", \"{worker_dir}\"]\n\
+         [fastcontainer.worker]\nargv = [\"{WORKER}\", \"{{run_dir}}/worker.sock\"]\n\
+         uid = 0\ngid = 0\nready = \"unix:worker.sock\"\n\
+         [fastcontainer.limits]\nmemory = \"128MiB\"\ncpu = 1\npids = 64\n"
+    );
+    let mut serve = Serve::start_in(dir, &config);
+    let admin = serve.dir.path().join("admin.sock");
+    let cold = |w: &serde_json::Value| {
+        w["workers"]
+            .as_array()
+            .is_none_or(|a| a.iter().all(|x| x["state"] != "ready"))
+    };
+    assert!(cold(&workers(&admin)), "{}", workers(&admin));
+
+    // A domain the registry does not host starts nothing.
+    let (status, json) = policy(port, "allow", &policy_body("x@unknown.example"));
+    assert_eq!((status, json["status"].as_i64()), (200, Some(0)));
+    // The before-auth call answers at once and the worker comes up behind it.
+    let t0 = Instant::now();
+    let (status, json) = policy(port, "allow", &policy_body("bob@example.com"));
+    assert_eq!((status, json["status"].as_i64()), (200, Some(0)));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let ready = loop {
+        let w = workers(&admin);
+        if let Some(x) = w["workers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["state"] == "ready").cloned())
+        {
+            break x;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no worker started: {w}\n{}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ready["domain"], "example.com", "{ready}");
+    let all = workers(&admin);
+    assert!(
+        !all.to_string().contains("unknown.example"),
+        "a worker for an unhosted domain: {all}"
+    );
+    assert!(serve.stop(Duration::from_secs(20)).success());
+    let pid = ready["pid"].as_u64().unwrap() as i32;
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+        "worker {pid} outlived serve"
+    );
 }
