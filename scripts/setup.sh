@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential pkg-config ca-certificates openssl sqlite3 iproute2 procps
   postfix swaks miltertest libmilter-dev python3-milter
-  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua
   protobuf-compiler python3 python3-venv python3-pip
 )
 

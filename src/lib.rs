@@ -6,6 +6,7 @@
 //! - [`milter_service`]: the `[milter]` service that runs plugin chains for Postfix.
 //! - [`registry`]: the domain registry (domains, mailboxes, aliases, plugin chains).
 //! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
+//! - [`dovecot`]: Dovecot delegation endpoints (auth policy, Lua passdb, post-login, events).
 //! - [`mailhook`]: `mail-hook` plugin chains shared by the mail fronts and Dovecot endpoints.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
 //! - [`proxy`]: the IMAP and POP3 fronts that route logins to the domain's worker.
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dovecot;
 pub mod fastcontainer;
 pub mod host;
 pub mod listen;

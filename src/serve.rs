@@ -10,7 +10,8 @@
 //! With `[fastcontainer]`, the worker manager is created first (root and usable cgroups
 //! are checked at start) and shared with the services through [`Shared`]; its reaper runs
 //! beside the services and, once they have drained, stops every worker before `serve`
-//! returns. With `[admin]`, the admin API runs as the `admin` service.
+//! returns. With `[admin]`, the admin API runs as the `admin` service; with `[dovecot]`,
+//! the Dovecot delegation endpoints run as the `dovecot` service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -291,6 +292,12 @@ async fn build_services(
             .context("starting the IMAP/POP3 fronts")?;
         services.extend(fronts);
     }
+    if shared.config.dovecot.is_some() {
+        let service = crate::dovecot::start(shared, shutdown.clone())
+            .await
+            .context("starting the dovecot endpoints")?;
+        services.push(("dovecot", service));
+    }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())
             .await
@@ -301,12 +308,14 @@ async fn build_services(
 }
 
 /// Opens the domain registry when a service that reads it is configured (the lookup and
-/// policy responders, the IMAP/POP3 fronts), or the file has a `[registry]` section (the
-/// milter then also runs registry domain chains); the schema is created or migrated here.
+/// policy responders, the IMAP/POP3 fronts, the Dovecot endpoints), or the file has a
+/// `[registry]` section (the milter then also runs registry domain chains); the schema is
+/// created or migrated here.
 async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
     if config.lookup.is_none()
         && config.policy.is_none()
         && config.proxy.is_none()
+        && config.dovecot.is_none()
         && config.registry.is_none()
     {
         return Ok(None);
@@ -358,6 +367,11 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     }
     if let Some(p) = &config.proxy {
         for name in &p.hooks {
+            expect.insert(name.clone(), World::MailHook);
+        }
+    }
+    if let Some(d) = &config.dovecot {
+        for name in &d.hooks {
             expect.insert(name.clone(), World::MailHook);
         }
     }

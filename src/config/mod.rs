@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use locate::Locator;
 
 use crate::admin::config::AdminSection;
+use crate::dovecot::config::DovecotSection;
 use crate::fastcontainer::config::FastContainerSection;
 use crate::host::config::{PluginEntry, PluginsSection};
 use crate::lookup::config::LookupSection;
@@ -64,6 +65,9 @@ pub struct Config {
     /// IMAP and POP3 fronts routing logins to FastContainer workers; absent = not
     /// started. Needs `[fastcontainer]`.
     pub proxy: Option<ProxySection>,
+    /// Dovecot delegation endpoints (auth policy, Lua passdb, post-login, events);
+    /// absent = not started.
+    pub dovecot: Option<DovecotSection>,
     /// Where this configuration was read from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -308,6 +312,9 @@ impl Config {
                 );
             }
         }
+        if let Some(d) = &self.dovecot {
+            d.validate("dovecot", &plugin_exists, v);
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
@@ -340,6 +347,9 @@ impl Config {
             if p.pop3.is_some() {
                 s.push("pop3");
             }
+        }
+        if self.dovecot.is_some() {
+            s.push("dovecot");
         }
         s
     }

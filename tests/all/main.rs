@@ -2,6 +2,7 @@
 //! package check for it and print a loud `SKIPPED:` line when it is missing.
 
 mod admin;
+mod dovecot_hooks;
 mod fastcontainer;
 mod fastcontainer_dovecot;
 mod fastcontainer_manager;
