@@ -354,12 +354,13 @@ fn setup_errors_name_the_step() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let spawner = spawner(tmp.path());
-    let missing = tmp.path().join("no-such-storage");
+    // A missing read-only source (read-write sources, a domain's storage, are created).
+    let missing = tmp.path().join("no-such-dir");
     let mut spec = worker_spec(tmp.path(), "broken.example", &[]);
     spec.mounts.push(BindMount {
         source: missing.clone(),
         target: "/data".into(),
-        read_only: false,
+        read_only: true,
     });
     let start = Instant::now();
     let err = spawner.spawn(&spec).unwrap_err();
