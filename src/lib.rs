@@ -7,6 +7,8 @@
 //! - [`registry`]: the domain registry (domains, mailboxes, aliases, plugin chains).
 //! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
 //! - [`mailhook`]: `mail-hook` plugin chains shared by the mail fronts and Dovecot endpoints.
+//! - [`lmtp`]: the LMTP front: Postfix delivers to one socket, recipients go to their
+//!   domain's worker.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
 //! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
 
@@ -15,6 +17,7 @@ pub mod config;
 pub mod fastcontainer;
 pub mod host;
 pub mod listen;
+pub mod lmtp;
 pub mod lookup;
 pub mod mailhook;
 pub mod milter_service;

@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::host::set::PluginHost;
 use crate::host::calls::{self, HookDecision, HookEvent};
 use crate::host::config::OnError;
 use crate::host::plugin::Description;
+use crate::host::set::PluginHost;
 use crate::registry::live::Live;
 
 /// The folded answer of a hook chain.

@@ -10,7 +10,8 @@
 //! With `[fastcontainer]`, the worker manager is created first (root and usable cgroups
 //! are checked at start) and shared with the services through [`Shared`]; its reaper runs
 //! beside the services and, once they have drained, stops every worker before `serve`
-//! returns. With `[admin]`, the admin API runs as the `admin` service.
+//! returns. With `[admin]`, the admin API runs as the `admin` service. The `[lmtp]` front
+//! gets the manager too: it acquires a domain's worker at the domain's first recipient.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -285,6 +286,18 @@ async fn build_services(
         .context("starting the policy service")?;
         services.push(("policy", service));
     }
+    if let Some(lmtp) = shared.config.lmtp.clone() {
+        let service = crate::lmtp::service::start(
+            lmtp,
+            shared.registry.clone(),
+            shared.plugins.clone(),
+            shared.fastcontainer.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the LMTP front")?;
+        services.push(("lmtp", service));
+    }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())
             .await
@@ -295,10 +308,14 @@ async fn build_services(
 }
 
 /// Opens the domain registry when a service that reads it is configured (the lookup and
-/// policy responders), or the file has a `[registry]` section (the milter then also runs
+/// policy responders, the LMTP front), or the file has a `[registry]` section (the milter then also runs
 /// registry domain chains); the schema is created or migrated here.
 async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
-    if config.lookup.is_none() && config.policy.is_none() && config.registry.is_none() {
+    if config.lookup.is_none()
+        && config.policy.is_none()
+        && config.lmtp.is_none()
+        && config.registry.is_none()
+    {
         return Ok(None);
     }
     let section = config.registry_section();
@@ -344,6 +361,11 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     if let Some(p) = &config.policy {
         for name in &p.chain {
             expect.insert(name.clone(), World::Policy);
+        }
+    }
+    if let Some(l) = &config.lmtp {
+        for name in &l.hooks {
+            expect.insert(name.clone(), World::MailHook);
         }
     }
     let runtime = tokio::runtime::Handle::current();
