@@ -10,9 +10,10 @@
 //!   [`Session::delivered`], one reply per accepted recipient in `RCPT` order (the LMTP
 //!   rule that makes per-recipient results possible).
 //!
-//! Supported: `LHLO`, `MAIL FROM` (parameters `SIZE=` and `BODY=7BIT|8BITMIME|BINARYMIME`),
+//! Supported: `LHLO`, `MAIL FROM` (parameters `SIZE=` and `BODY=7BIT|8BITMIME`),
 //! `RCPT TO`, `DATA` with dot-unstuffing, `BDAT` (CHUNKING), `RSET`, `NOOP`, `QUIT`,
-//! `VRFY` (252). `PIPELINING` is advertised: commands are taken from the input one after
+//! `VRFY` (252). `BINARYMIME` is not offered: the workers get the message with `DATA`,
+//! whichever way it arrived. `PIPELINING` is advertised: commands are taken from the input one after
 //! the other and their replies collected, so a driver that writes the output whenever
 //! the input has no complete command left answers a pipelined group in one write.
 //!
@@ -147,8 +148,6 @@ pub enum Body {
     SevenBit,
     /// `8BITMIME`.
     EightBitMime,
-    /// `BINARYMIME` (only with `BDAT`).
-    BinaryMime,
 }
 
 impl Body {
@@ -157,7 +156,6 @@ impl Body {
         match self {
             Body::SevenBit => None,
             Body::EightBitMime => Some("8BITMIME"),
-            Body::BinaryMime => Some("BINARYMIME"),
         }
     }
 }
@@ -455,7 +453,6 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "8BITMIME".into(),
             "CHUNKING".into(),
-            "BINARYMIME".into(),
             format!("SIZE {}", self.limits.max_message_size),
         ];
         for (i, l) in lines.iter().enumerate() {
@@ -496,7 +493,6 @@ impl Session {
                     tx.body = match v.to_ascii_uppercase().as_str() {
                         "7BIT" => Body::SevenBit,
                         "8BITMIME" => Body::EightBitMime,
-                        "BINARYMIME" => Body::BinaryMime,
                         _ => return self.error(501, "5.5.4", "Unknown BODY type"),
                     }
                 }
@@ -557,9 +553,6 @@ impl Session {
         }
         if !self.has_recipients() {
             return self.error(503, "5.5.1", "No valid recipients");
-        }
-        if self.tx.as_ref().is_some_and(|t| t.body == Body::BinaryMime) {
-            return self.error(503, "5.5.1", "BINARYMIME needs BDAT");
         }
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
         self.phase = Phase::Data {
@@ -981,7 +974,7 @@ mod tests {
     fn bdat_chunks_and_last() {
         let (out, steps, tx) = script(
             Limits::default(),
-            b"LHLO x\r\nBDAT 3\r\nabcMAIL FROM:<s@r> BODY=BINARYMIME\r\nRCPT TO:<a@example.com>\r\n\
+            b"LHLO x\r\nBDAT 3\r\nabcMAIL FROM:<s@r> BODY=8BITMIME\r\nRCPT TO:<a@example.com>\r\n\
               BDAT 6\r\nab\r\n.\nBDAT 0 LAST\r\nQUIT\r\n",
         );
         assert!(
@@ -1001,13 +994,14 @@ mod tests {
     }
 
     #[test]
-    fn data_refused_for_binarymime_and_after_bdat() {
+    fn binarymime_is_not_offered_and_data_is_refused_after_bdat() {
         let (out, _, _) = script(
             Limits::default(),
-            b"LHLO x\r\nMAIL FROM:<s@r> BODY=BINARYMIME\r\nRCPT TO:<a@example.com>\r\nDATA\r\nRSET\r\n\
+            b"LHLO x\r\nMAIL FROM:<s@r> BODY=BINARYMIME\r\n\
               MAIL FROM:<s@r>\r\nRCPT TO:<a@example.com>\r\nBDAT 1\r\nxDATA\r\n",
         );
-        assert!(out.contains("503 5.5.1 BINARYMIME needs BDAT"), "{out}");
+        assert!(!out.contains("BINARYMIME"), "{out}");
+        assert!(out.contains("501 5.5.4 Unknown BODY type"), "{out}");
         assert!(out.contains("503 5.5.1 DATA after BDAT"), "{out}");
     }
 

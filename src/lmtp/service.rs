@@ -136,12 +136,16 @@ impl Front {
             match self.hooks.run(Some(&domain), event).await {
                 Outcome::Allow { delay, .. } => {
                     if !delay.is_zero() {
-                        debug!(recipient = address, ?delay, "lmtp: delivery hook delay");
+                        debug!(
+                            recipient = address,
+                            ?delay,
+                            "lmtp: recipient delayed by a hook"
+                        );
                         tokio::time::sleep(delay).await;
                     }
                 }
                 Outcome::Deny { message, by } => {
-                    info!(recipient = address, plugin = %by, "lmtp: delivery hook denied");
+                    info!(recipient = address, plugin = %by, "lmtp: recipient denied by a hook");
                     let text = if message.trim().is_empty() {
                         format!("<{address}>: Delivery refused")
                     } else {
@@ -150,7 +154,7 @@ impl Front {
                     return Some(Reply::new(550, "5.7.1", text));
                 }
                 Outcome::Tempfail { by } => {
-                    warn!(recipient = address, plugin = %by, "lmtp: delivery hook failed; deferring");
+                    warn!(recipient = address, plugin = %by, "lmtp: hook failed; recipient deferred");
                     return Some(Reply::new(
                         451,
                         "4.3.0",
@@ -268,7 +272,7 @@ impl Front {
             let Some(conn) = g.conn.as_mut() else {
                 continue;
             };
-            let (got, err) = match conn.send(&tx.message, tx.body, g.accepted.len()).await {
+            let (got, err) = match conn.send(&tx.message, g.accepted.len()).await {
                 Ok(r) => (r, None),
                 Err((r, e)) => (r, Some(e)),
             };

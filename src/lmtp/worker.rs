@@ -1,6 +1,6 @@
 //! The LMTP client side: one connection to one worker's `lmtp` socket for one mail
-//! transaction (greeting, `LHLO`, `MAIL FROM`, a `RCPT TO` per recipient, then `DATA` or
-//! `BDAT ... LAST` and one reply per accepted recipient).
+//! transaction (greeting, `LHLO`, `MAIL FROM`, a `RCPT TO` per recipient, then `DATA`
+//! and one reply per accepted recipient).
 //!
 //! Every wait is bounded by the timeout given to [`WorkerConn::open`]; any I/O error,
 //! timeout or unparsable reply is a [`WorkerError`] and the connection is unusable after
@@ -59,7 +59,6 @@ pub struct WorkerConn {
     path: PathBuf,
     buf: BytesMut,
     timeout: Duration,
-    chunking: bool,
 }
 
 impl WorkerConn {
@@ -89,7 +88,6 @@ impl WorkerConn {
             path: path.to_path_buf(),
             buf: BytesMut::with_capacity(1024),
             timeout,
-            chunking: false,
         };
         let (greeting, _) = c.reply("greeting from").await?;
         c.expect_positive(&greeting, "greeting")?;
@@ -101,10 +99,9 @@ impl WorkerConn {
                 .iter()
                 .any(|l| l.get(4..).is_some_and(|x| x.eq_ignore_ascii_case(k)))
         };
-        c.chunking = offers("CHUNKING");
         let mut mail = format!("MAIL FROM:<{sender}>");
         if let Some(p) = body.param()
-            && (offers(p) || offers("CHUNKING"))
+            && offers(p)
         {
             mail.push_str(&format!(" BODY={p}"));
         }
@@ -122,37 +119,23 @@ impl WorkerConn {
         Ok(self.reply("RCPT reply from").await?.0)
     }
 
-    /// Sends `message` (with `DATA` and dot-stuffing, or as one `BDAT ... LAST` chunk for
-    /// `BINARYMIME`) and reads one reply per accepted recipient (`accepted` of them).
-    /// On an error, the replies read so far come back with it.
+    /// Sends `message` with `DATA` (dot-stuffed) and reads one reply per accepted
+    /// recipient (`accepted` of them). On an error, the replies read so far come back
+    /// with it.
     pub async fn send(
         &mut self,
         message: &[u8],
-        body: Body,
         accepted: usize,
     ) -> Result<Vec<Reply>, (Vec<Reply>, WorkerError)> {
         let no_replies = |e| (Vec::new(), e);
-        if body == Body::BinaryMime {
-            if !self.chunking {
-                return Err(no_replies(WorkerError::Protocol {
-                    path: self.path.clone(),
-                    what: "BINARYMIME message, but the worker does not offer CHUNKING".into(),
-                }));
-            }
-            self.write(format!("BDAT {} LAST\r\n", message.len()).as_bytes())
-                .await
-                .map_err(no_replies)?;
-            self.write(message).await.map_err(no_replies)?;
-        } else {
-            self.write(b"DATA\r\n").await.map_err(no_replies)?;
-            let (r, _) = self.reply("DATA reply from").await.map_err(no_replies)?;
-            if r.code != 354 {
-                // Refused as a whole: the same answer for every recipient.
-                return Ok(vec![r; accepted]);
-            }
-            let stuffed = dot_stuff(message);
-            self.write(&stuffed).await.map_err(no_replies)?;
+        self.write(b"DATA\r\n").await.map_err(no_replies)?;
+        let (r, _) = self.reply("DATA reply from").await.map_err(no_replies)?;
+        if r.code != 354 {
+            // Refused as a whole: the same answer for every recipient.
+            return Ok(vec![r; accepted]);
         }
+        let stuffed = dot_stuff(message);
+        self.write(&stuffed).await.map_err(no_replies)?;
         let mut replies = Vec::with_capacity(accepted);
         for _ in 0..accepted {
             match self.reply("reply after the message from").await {
