@@ -20,7 +20,7 @@
 //! middle leaves its unanswered recipients with `451 4.4.2`. Every recipient outcome is
 //! logged on one line (`lmtp: delivery`) with the running counts.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -252,7 +252,7 @@ impl Front {
 
     async fn connect(
         &self,
-        path: &PathBuf,
+        path: &Path,
         tx: &Transaction,
     ) -> Result<WorkerConn, super::worker::WorkerError> {
         WorkerConn::open(
