@@ -15,14 +15,18 @@
 //! 4. the recipient is sent to the worker, and the worker's refusal (e.g. `550 5.1.1`
 //!    for an unknown user) is relayed as is.
 //!
-//! After the message: each domain group gets the message once, and the workers'
+//! After the message: each domain group gets the message once (all groups at the same
+//! time), and the workers'
 //! per-recipient replies are written back in `RCPT` order. A worker that fails in the
 //! middle leaves its unanswered recipients with `451 4.4.2`. Every recipient outcome is
 //! logged on one line (`lmtp: delivery`) with the running counts.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -265,21 +269,50 @@ impl Front {
         .await
     }
 
-    /// Hands the message to every group and returns one reply per accepted recipient.
+    /// Hands the message to every group, all groups at once (a slow worker does not hold
+    /// up another domain), and returns one reply per accepted recipient.
     async fn deliver(&self, tx: &Transaction, groups: &mut [Group]) -> Vec<Reply> {
-        let mut replies: Vec<Option<Reply>> = vec![None; tx.recipients.len()];
-        for g in groups.iter_mut().filter(|g| !g.accepted.is_empty()) {
-            let Some(conn) = g.conn.as_mut() else {
-                continue;
-            };
-            let (got, err) = match conn.send(&tx.message, g.accepted.len()).await {
-                Ok(r) => (r, None),
-                Err((r, e)) => (r, Some(e)),
-            };
-            if let Some(e) = &err {
-                warn!(domain = %g.domain, error = %e, "lmtp: worker failed during the message");
-                g.conn = None;
+        type Sent = Result<Vec<Reply>, (Vec<Reply>, super::worker::WorkerError)>;
+        type Sending<'a> = Pin<Box<dyn Future<Output = (usize, Sent)> + Send + 'a>>;
+        let message = &tx.message[..];
+        let mut sending: Vec<Sending<'_>> = groups
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, g)| !g.accepted.is_empty())
+            .filter_map(|(gi, g)| {
+                let n = g.accepted.len();
+                let conn = g.conn.as_mut()?;
+                Some(Box::pin(async move { (gi, conn.send(message, n).await) }) as Pin<Box<_>>)
+            })
+            .collect();
+        let mut done: Vec<(usize, Sent)> = Vec::with_capacity(sending.len());
+        std::future::poll_fn(|cx| {
+            sending.retain_mut(|f| match f.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    done.push(r);
+                    false
+                }
+                Poll::Pending => true,
+            });
+            if sending.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
+        })
+        .await;
+        drop(sending);
+        let mut replies: Vec<Option<Reply>> = vec![None; tx.recipients.len()];
+        for (gi, sent) in done {
+            let g = &mut groups[gi];
+            let got = match sent {
+                Ok(r) => r,
+                Err((r, e)) => {
+                    warn!(domain = %g.domain, error = %e, "lmtp: worker failed during the message");
+                    g.conn = None;
+                    r
+                }
+            };
             let mut got = got.into_iter();
             for &i in &g.accepted {
                 replies[i] = Some(got.next().unwrap_or_else(|| {
