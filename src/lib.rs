@@ -8,6 +8,8 @@
 //! - [`lookup`] and [`policy`]: Postfix socketmap / tcp_table and policy delegation responders.
 //! - [`dovecot`]: Dovecot delegation endpoints (auth policy, Lua passdb, post-login, events).
 //! - [`mailhook`]: `mail-hook` plugin chains shared by the mail fronts and Dovecot endpoints.
+//! - [`lmtp`]: the LMTP front: Postfix delivers to one socket, recipients go to their
+//!   domain's worker.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
 //! - [`proxy`]: the IMAP and POP3 fronts that route logins to the domain's worker.
 //! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
@@ -18,6 +20,7 @@ pub mod dovecot;
 pub mod fastcontainer;
 pub mod host;
 pub mod listen;
+pub mod lmtp;
 pub mod lookup;
 pub mod mailhook;
 pub mod milter_service;

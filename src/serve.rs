@@ -11,7 +11,8 @@
 //! are checked at start) and shared with the services through [`Shared`]; its reaper runs
 //! beside the services and, once they have drained, stops every worker before `serve`
 //! returns. With `[admin]`, the admin API runs as the `admin` service; with `[dovecot]`,
-//! the Dovecot delegation endpoints run as the `dovecot` service.
+//! the Dovecot delegation endpoints run as the `dovecot` service. The `[proxy]` and
+//! `[lmtp]` fronts get the manager too: they acquire a domain's worker for its sessions.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -298,6 +299,18 @@ async fn build_services(
             .context("starting the dovecot endpoints")?;
         services.push(("dovecot", service));
     }
+    if let Some(lmtp) = shared.config.lmtp.clone() {
+        let service = crate::lmtp::service::start(
+            lmtp,
+            shared.registry.clone(),
+            shared.plugins.clone(),
+            shared.fastcontainer.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the LMTP front")?;
+        services.push(("lmtp", service));
+    }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())
             .await
@@ -308,7 +321,7 @@ async fn build_services(
 }
 
 /// Opens the domain registry when a service that reads it is configured (the lookup and
-/// policy responders, the IMAP/POP3 fronts, the Dovecot endpoints), or the file has a
+/// policy responders, the IMAP/POP3 and LMTP fronts, the Dovecot endpoints), or the file has a
 /// `[registry]` section (the milter then also runs registry domain chains); the schema is
 /// created or migrated here.
 async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Live>>> {
@@ -316,6 +329,7 @@ async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
         && config.policy.is_none()
         && config.proxy.is_none()
         && config.dovecot.is_none()
+        && config.lmtp.is_none()
         && config.registry.is_none()
     {
         return Ok(None);
@@ -372,6 +386,11 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
     }
     if let Some(d) = &config.dovecot {
         for name in &d.hooks {
+            expect.insert(name.clone(), World::MailHook);
+        }
+    }
+    if let Some(l) = &config.lmtp {
+        for name in &l.hooks {
             expect.insert(name.clone(), World::MailHook);
         }
     }

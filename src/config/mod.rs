@@ -29,6 +29,7 @@ use crate::admin::config::AdminSection;
 use crate::dovecot::config::DovecotSection;
 use crate::fastcontainer::config::FastContainerSection;
 use crate::host::config::{PluginEntry, PluginsSection};
+use crate::lmtp::config::LmtpSection;
 use crate::lookup::config::LookupSection;
 use crate::milter_service::config::MilterSection;
 use crate::policy::config::PolicySection;
@@ -58,6 +59,8 @@ pub struct Config {
     pub lookup: Option<LookupSection>,
     /// Postfix SMTPD policy delegation responder; absent = not started.
     pub policy: Option<PolicySection>,
+    /// The LMTP front Postfix delivers to; absent = not started.
+    pub lmtp: Option<LmtpSection>,
     /// Per-domain mailbox workers; absent = not started.
     pub fastcontainer: Option<FastContainerSection>,
     /// Admin API (health, metrics, workers); absent = not started.
@@ -297,6 +300,9 @@ impl Config {
         if let Some(p) = &self.policy {
             p.validate("policy", &plugin_exists, v);
         }
+        if let Some(l) = &self.lmtp {
+            l.validate("lmtp", &plugin_exists, v);
+        }
         if let Some(fc) = &self.fastcontainer {
             fc.validate("fastcontainer", v);
         }
@@ -333,6 +339,9 @@ impl Config {
         }
         if self.policy.is_some() {
             s.push("policy");
+        }
+        if self.lmtp.is_some() {
+            s.push("lmtp");
         }
         if self.fastcontainer.is_some() {
             s.push("fastcontainer");

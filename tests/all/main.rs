@@ -7,6 +7,7 @@ mod fastcontainer;
 mod fastcontainer_dovecot;
 mod fastcontainer_manager;
 mod host;
+mod lmtp;
 mod lookup;
 mod milter_libmilter;
 mod milter_miltertest;

@@ -215,7 +215,7 @@ pub fn plugins_dir() -> PathBuf {
     PLUGINS_BUILT
         .get_or_init(|| {
             let dir = repo_root().join("target/plugins");
-            let wanted = ["noop", "stamp", "faulty"];
+            let wanted = ["noop", "stamp", "faulty", "delivery-rules"];
             if wanted
                 .iter()
                 .all(|n| dir.join(format!("{n}.wasm")).is_file())

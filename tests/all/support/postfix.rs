@@ -17,11 +17,17 @@ use std::time::{Duration, Instant};
 
 /// The main.cf block marked `<!-- tested: NAME -->` in docs/postfix.md.
 pub fn docs_block(name: &str) -> String {
-    let text = std::fs::read_to_string(super::repo_root().join("docs/postfix.md")).unwrap();
+    docs_block_in("docs/postfix.md", name)
+}
+
+/// The main.cf block marked `<!-- tested: NAME -->` in `doc` (a path from the repository
+/// root, e.g. `docs/lmtp.md`).
+pub fn docs_block_in(doc: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(super::repo_root().join(doc)).unwrap();
     let marker = format!("<!-- tested: {name} -->");
     let start = text
         .find(&marker)
-        .unwrap_or_else(|| panic!("docs/postfix.md has no {marker}"));
+        .unwrap_or_else(|| panic!("{doc} has no {marker}"));
     let rest = &text[start..];
     let open = rest
         .find("```main.cf\n")
