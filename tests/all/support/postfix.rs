@@ -37,13 +37,33 @@ pub fn docs_block_in(doc: &str, name: &str) -> String {
     rest[open..close].to_string()
 }
 
-/// A free loopback TCP port (bound and released).
+/// A loopback TCP port nobody listens on, for a server a test is about to start.
+///
+/// Ports come from a per-process counter in 20000-31999, below the kernel's ephemeral
+/// range (32768+), and each is checked by binding it. Asking the kernel for port 0
+/// instead (as this did before) could hand two tests running in parallel the same port
+/// (it is free again once the probe closes), and took ports from the range the kernel
+/// also gives to outgoing connections. A suspected cause of a Postfix test whose swaks
+/// got no greeting under full-suite load.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread test processes (the test binary and e.g. a bench) over the range.
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A running private Postfix; stopped on drop.
