@@ -207,3 +207,42 @@ pub async fn next_round<S: AsyncRead + AsyncWrite + Unpin>(
     }
     fill(stream, buf, idle, shutdown, peer).await
 }
+
+/// Serves one HTTP/1.1 connection with `service` until the client closes it or shutdown
+/// (a request in flight at shutdown is answered first). `header_timeout` bounds how long a
+/// client may take to send a request's headers; `what` names the service in the log.
+/// Shared by the admin API and the Dovecot endpoints.
+pub async fn serve_http1<S, B>(
+    stream: Stream,
+    service: S,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    what: &'static str,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = flipped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, service = what, "HTTP connection ended with an error");
+    }
+}

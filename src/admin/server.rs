@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, warn};
 use wasmail_milter::net::{SocketSpec, Stream};
@@ -73,27 +72,12 @@ pub async fn start(
 
 /// Serves one connection until the client closes it or shutdown; a request in flight at
 /// shutdown is answered first.
-async fn connection(stream: Stream, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+async fn connection(stream: Stream, admin: Arc<Admin>, shutdown: watch::Receiver<bool>) {
     let service = service_fn(move |req| {
         let admin = admin.clone();
         async move { Ok::<_, Infallible>(respond(&admin, req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = listen::flipped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "admin connection ended with an error");
-    }
+    listen::serve_http1(stream, service, HEADER_TIMEOUT, shutdown, "admin").await;
 }
 
 async fn respond(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {

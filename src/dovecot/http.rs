@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, warn};
 use wasmail_milter::net::{SocketSpec, Stream};
@@ -63,7 +62,7 @@ async fn connection(
     peer: String,
     endpoints: Arc<Endpoints>,
     max_body: usize,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let peer: Arc<str> = peer.into();
     let service = service_fn(move |req| {
@@ -71,22 +70,7 @@ async fn connection(
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(respond(&endpoints, &peer, max_body, req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = listen::flipped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "dovecot connection ended with an error");
-    }
+    listen::serve_http1(stream, service, HEADER_TIMEOUT, shutdown, "dovecot").await;
 }
 
 async fn respond(
