@@ -880,6 +880,86 @@ mod tests {
         v.problems().to_vec()
     }
 
+    #[test]
+    fn files_registry_passwd_and_domain_limits() {
+        use crate::registry::{Domain, Mailbox, Snapshot};
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("worker.conf.in");
+        std::fs::write(
+            &template,
+            "base_dir = {run_dir}\nhome = {storage}/%n\nuser = {user}/{uid}\nx { y = {other} }\n",
+        )
+        .unwrap();
+        let s = parse(&format!(
+            "[worker]\nargv = [\"/bin/w\"]\nuid = 0\ngid = 0\npasswd_file = \"users\"\n\
+             files = {{ \"worker.conf\" = \"{}\" }}\n",
+            template.display()
+        ))
+        .unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        let mut snap = Snapshot::default();
+        snap.domains.insert(
+            "example.com".into(),
+            Domain {
+                name: "example.com".into(),
+                settings: [
+                    ("worker.memory".to_string(), "512MiB".to_string()),
+                    ("worker.pids".to_string(), "unlimited".to_string()),
+                ]
+                .into(),
+                ..Domain::default()
+            },
+        );
+        for (a, h) in [
+            ("bob@example.com", Some("{ARGON2ID}$argon2id$x")),
+            ("nopw@example.com", None),
+            ("erin@example.net", Some("{ARGON2ID}$argon2id$y")),
+        ] {
+            snap.mailboxes.insert(
+                a.into(),
+                Mailbox {
+                    address: a.into(),
+                    password_hash: h.map(Into::into),
+                    quota_bytes: None,
+                },
+            );
+        }
+        let spec = s.spec_with_registry("example.com", Some(&snap)).unwrap();
+        assert_eq!(spec.limits.memory_bytes, Some(512 << 20));
+        assert_eq!(spec.limits.pids_max, None);
+        assert_eq!(spec.limits.cpu_millis, Some(1000), "default kept");
+        let file = |n: &str| {
+            let f = spec.files.iter().find(|f| f.name == n).unwrap();
+            String::from_utf8(f.contents.clone()).unwrap()
+        };
+        assert_eq!(
+            file("worker.conf"),
+            "base_dir = /run/wasmail\nhome = /mail/%n\nuser = root/0\nx { y = {other} }\n"
+        );
+        // Only this domain's mailboxes with a password.
+        assert_eq!(
+            file("users"),
+            "bob@example.com:{ARGON2ID}$argon2id$x::::::\n"
+        );
+        // Without a registry: no passwd file, template files still rendered.
+        let spec = s.spec_with_registry("example.com", None).unwrap();
+        assert_eq!(spec.files.len(), 1);
+        // A bad registry setting is an error naming it.
+        snap.domains.get_mut("example.com").unwrap().settings =
+            [("worker.cpu".to_string(), "lots".to_string())].into();
+        let err = s
+            .spec_with_registry("example.com", Some(&snap))
+            .unwrap_err();
+        assert!(err.to_string().contains("worker.cpu"), "{err}");
+        // Generated file names must be plain names.
+        let bad = parse("[worker]\nargv = [\"/bin/w\"]\npasswd_file = \"../x\"\n").unwrap();
+        assert!(
+            problems(&bad)
+                .iter()
+                .any(|(k, _)| k == "fastcontainer.worker.passwd_file")
+        );
+    }
+
     fn with_argv() -> FastContainerSection {
         let mut s = FastContainerSection::default();
         s.worker.argv = vec!["/bin/worker".into(), "{run_dir}/w.sock".into()];
