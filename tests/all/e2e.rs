@@ -64,7 +64,7 @@ fn config(imap: u16, pop3: u16) -> String {
                 .into(),
         ),
         ("idle = \"adaptive\"", "idle = \"fixed\"".into()),
-        ("idle_timeout = \"5m\"", "idle_timeout = \"3s\"".into()),
+        ("idle_timeout = \"5m\"", "idle_timeout = \"5s\"".into()),
         (
             "/etc/wasmail/dovecot-worker.conf",
             repo_root()
@@ -168,6 +168,22 @@ fn wasmail_as_the_front_delivers_with_postfix_and_serves_imap_pop3() {
     let text = config(imap, pop3);
     let cfg = dir.path().join("wasmail.toml");
     std::fs::write(&cfg, text.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
+    // What the docs tell the operator to run first.
+    let out = output_within(
+        Command::new(wasmail_bin())
+            .args(["check-config", "--config"])
+            .arg(&cfg),
+        Duration::from_secs(30),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check-config: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in ["lookup", "lmtp", "fastcontainer", "admin", "imap", "pop3"] {
+        assert!(said.contains(service), "check-config: {said}");
+    }
     // The docs' commands, then the test's hook chain (delay and rewrite at `auth`).
     run_registry_commands(
         &cfg,
