@@ -23,19 +23,7 @@ const KEY: &str = "0123456789abcdef-test-key";
 
 /// The fenced block (```FENCE) after `<!-- tested: NAME -->` in docs/dovecot.md.
 fn docs_block(name: &str, fence: &str) -> String {
-    let text = std::fs::read_to_string(repo_root().join("docs/dovecot.md")).unwrap();
-    let marker = format!("<!-- tested: {name} -->");
-    let start = text
-        .find(&marker)
-        .unwrap_or_else(|| panic!("docs/dovecot.md has no {marker}"));
-    let rest = &text[start..];
-    let open_fence = format!("```{fence}\n");
-    let open = rest
-        .find(&open_fence)
-        .unwrap_or_else(|| panic!("no ```{fence} block after {marker}"))
-        + open_fence.len();
-    let close = rest[open..].find("```").expect("closing fence") + open;
-    rest[open..close].to_string()
+    crate::support::docs_fenced("docs/dovecot.md", name, fence)
 }
 
 /// A registry in `dir/registry.db`: example.com with bob (`pw-bob`) and carol

@@ -173,7 +173,7 @@ impl Client {
 }
 
 /// Messages in `user@domain`'s Maildir (new and cur) under the serve dir's storage.
-fn maildir(serve: &Serve, address: &str) -> Vec<String> {
+pub(crate) fn maildir(serve: &Serve, address: &str) -> Vec<String> {
     let (local, domain) = address.split_once('@').unwrap();
     let md = serve
         .dir
@@ -211,7 +211,7 @@ fn running_workers(serve: &Serve) -> Vec<String> {
     v
 }
 
-fn wait_until(
+pub(crate) fn wait_until(
     what: &str,
     within: Duration,
     mut done: impl FnMut() -> bool,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod dovecot_hooks;
+mod e2e;
 mod fastcontainer;
 mod fastcontainer_dovecot;
 mod fastcontainer_manager;

@@ -201,6 +201,29 @@ pub fn output_within(
     }
 }
 
+/// The fenced block (```FENCE, e.g. `toml`, `main.cf`, `sh`) after the marker
+/// `<!-- tested: NAME -->` in `doc` (a path from the repository root, e.g.
+/// `docs/dovecot.md`); panics naming what is missing, so a renamed block fails loudly.
+pub fn docs_fenced(doc: &str, name: &str, fence: &str) -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join(doc)).unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let marker = format!("<!-- tested: {name} -->");
+    let start = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{doc} has no {marker}"));
+    let rest = &text[start..];
+    let open_fence = format!("```{fence}\n");
+    let open = rest
+        .find(&open_fence)
+        .unwrap_or_else(|| panic!("{doc}: no ```{fence} block after {marker}"))
+        + open_fence.len();
+    let close = rest[open..]
+        .find("```")
+        .unwrap_or_else(|| panic!("{doc}: no closing fence after {marker}"))
+        + open;
+    rest[open..close].to_string()
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

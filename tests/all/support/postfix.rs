@@ -23,18 +23,7 @@ pub fn docs_block(name: &str) -> String {
 /// The main.cf block marked `<!-- tested: NAME -->` in `doc` (a path from the repository
 /// root, e.g. `docs/lmtp.md`).
 pub fn docs_block_in(doc: &str, name: &str) -> String {
-    let text = std::fs::read_to_string(super::repo_root().join(doc)).unwrap();
-    let marker = format!("<!-- tested: {name} -->");
-    let start = text
-        .find(&marker)
-        .unwrap_or_else(|| panic!("{doc} has no {marker}"));
-    let rest = &text[start..];
-    let open = rest
-        .find("```main.cf\n")
-        .expect("fenced main.cf block after marker")
-        + 11;
-    let close = rest[open..].find("```").expect("closing fence") + open;
-    rest[open..close].to_string()
+    super::docs_fenced(doc, name, "main.cf")
 }
 
 /// A loopback TCP port nobody listens on, for a server a test is about to start.
