@@ -19,8 +19,10 @@
 //! to close, so a worker is reaped only once its last proxied session ended.
 
 pub mod backend;
+pub mod commands;
 pub mod config;
 pub mod gate;
+pub mod hooked;
 pub mod imap;
 pub mod pop3;
 pub mod sasl;
