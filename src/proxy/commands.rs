@@ -251,18 +251,17 @@ fn line_literal(line: &[u8]) -> Option<Literal> {
 /// The head of a command line, or `None` for a line that is not `tag SP name ...`.
 fn head(raw: Bytes) -> Option<Head> {
     let text = trim_line_end(&raw);
-    let mut words = text.splitn(3, |&b| b == b' ');
-    let tag = words.next().filter(|t| !t.is_empty())?;
-    let first = words.next().filter(|n| is_name(n))?;
-    let mut rest = words.next().unwrap_or_default();
+    let (tag, rest) = word(text)?;
+    // Any second word makes a command: what the worker might execute is hooked, even
+    // with odd spacing or a name this front does not know.
+    let (first, mut rest) = word(rest)?;
     let mut name = first.to_ascii_uppercase();
-    if name == b"UID" {
-        let mut sub = rest.splitn(2, |&b| b == b' ');
-        if let Some(cmd) = sub.next().filter(|n| is_name(n)) {
-            name.push(b' ');
-            name.extend_from_slice(&cmd.to_ascii_uppercase());
-            rest = sub.next().unwrap_or_default();
-        }
+    if name == b"UID"
+        && let Some((cmd, after)) = word(rest)
+    {
+        name.push(b' ');
+        name.extend_from_slice(&cmd.to_ascii_uppercase());
+        rest = after;
     }
     let parsed = match CommandCodec::default().decode(&raw) {
         Ok(_) | Err(CommandDecodeError::LiteralFound { .. }) => true,
@@ -284,11 +283,16 @@ fn head(raw: Bytes) -> Option<Head> {
     })
 }
 
-fn is_name(word: &[u8]) -> bool {
-    !word.is_empty()
-        && word
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+/// The first word of `text` (after leading blanks) and what follows it (blanks after the
+/// word skipped); `None` when there is no word.
+fn word(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = text.iter().position(|b| !blank(b))?;
+    let text = &text[start..];
+    let end = text.iter().position(blank).unwrap_or(text.len());
+    let after = &text[end..];
+    let skip = after.iter().position(|b| !blank(b)).unwrap_or(after.len());
+    Some((&text[..end], &after[skip..]))
 }
 
 /// What the first line of a worker response was, as far as the driver cares.
@@ -538,6 +542,21 @@ mod tests {
     fn idle_done_and_non_commands_are_forwarded_unhooked() {
         let t = run(b"a IDLE\r\nDONE\r\n\r\nb LOGOUT\r\n", 1, |_| true);
         assert_eq!(t, ["CMD a|IDLE|", "FWD DONE\\r\\n\\r\\n", "CMD b|LOGOUT|"]);
+    }
+
+    #[test]
+    fn odd_spacing_is_still_a_command() {
+        let t = run(b"a  DELETE   x\r\n\tb\tuid\texpunge 1\r\nc\r\n", 3, |_| {
+            true
+        });
+        assert_eq!(
+            t,
+            [
+                "CMD a|DELETE|x (unparsed)",
+                "CMD b|UID EXPUNGE|1 (unparsed)",
+                "FWD c\\r\\n"
+            ]
+        );
     }
 
     #[test]

@@ -234,6 +234,8 @@ where
             r = worker.read(&mut buf) => {
                 let n = r?;
                 if n == 0 {
+                    // `up` may wait for an answer to a literal that will never come.
+                    drop(waiter.lock().unwrap_or_else(|e| e.into_inner()).take());
                     if !queued.is_empty() {
                         let _ = client.write_all(&queued).await;
                     }
