@@ -589,6 +589,23 @@ commands = ["DELETE=deny:Deleting folders is disabled here", "APPEND Blocked=den
     let l = c.line();
     assert!(l.starts_with("* LIST") && l.contains("Keep"), "{l}");
     assert!(c.line().starts_with("j OK"));
+    // The worker refuses a synchronizing literal (no such mailbox) instead of "+": the
+    // client does not send it, and its next line is a command again, hooked.
+    c.send(b"m APPEND NoSuchBox {5}\r\n");
+    let l = c.line();
+    eprintln!("APPEND to a missing mailbox, the worker's first answer: {l:?}");
+    if l.starts_with('+') {
+        c.send(b"hello\r\n");
+        let l = c.line();
+        assert!(l.starts_with("m NO"), "{l}");
+    } else {
+        assert!(l.starts_with("m NO"), "{l}");
+    }
+    c.send(b"n DELETE Keep\r\n");
+    assert_eq!(
+        c.line(),
+        "n NO [ALERT] Deleting folders is disabled here\r\n"
+    );
     c.send(b"k LOGOUT\r\n");
     assert!(c.line().starts_with("* BYE"));
     drop(c);
