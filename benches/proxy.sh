@@ -6,7 +6,8 @@
 #
 #   sudo benches/proxy.sh
 #
-# Environment (defaults): COLD=20, WARM=100, SIZE_MIB=32, ROUNDS=10, PROFILE=release
+# Environment (defaults): COLD=20, WARM=100, SIZE_MIB=32, ROUNDS=10, PROFILE=release,
+# COMMAND_PLUGIN= (target/plugins/command-rules.wasm: also FETCH on the imap-command hook path)
 # (PROFILE=debug reuses the test build; its figures are pessimistic for the proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +25,5 @@ else
 fi
 echo "== machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); profile $PROFILE"
 "$T/examples/proxy_bench" --wasmail "$PWD/$T/wasmail" --cold "${COLD:-20}" --warm "${WARM:-100}" \
-    --size-mib "${SIZE_MIB:-32}" --rounds "${ROUNDS:-10}"
+    --size-mib "${SIZE_MIB:-32}" --rounds "${ROUNDS:-10}" \
+    ${COMMAND_PLUGIN:+--command-plugin "$PWD/$COMMAND_PLUGIN"}

@@ -8,7 +8,10 @@
 //! - warm login: connect → greeting → `LOGIN` → tagged OK through the front, against the
 //!   same directly on the worker's IMAP socket (a held session keeps the worker warm);
 //! - splice throughput: `FETCH 1 BODY.PEEK[]` of the large message through the front and
-//!   directly, interleaved.
+//!   directly, interleaved;
+//! - with `--command-plugin target/plugins/command-rules.wasm`: the same FETCH on the
+//!   per-command hook path (the domain's chain subscribed to `imap-command`, set in the
+//!   registry after the plain rounds), against the plain splice.
 //!
 //! Figures are printed one per line; the script copies them into benches/RESULTS.md.
 
@@ -41,6 +44,9 @@ struct Args {
     /// FETCH rounds per side.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// The `command-rules` test plugin: also measure the per-command hook path.
+    #[arg(long)]
+    command_plugin: Option<PathBuf>,
 }
 
 /// A line-oriented IMAP client over TCP or a unix socket.
@@ -177,6 +183,8 @@ fn setup(args: &Args, port: u16) -> Server {
         r#"
 [registry]
 path = "{d}/registry.db"
+refresh = "200ms"
+{plugin}
 [admin]
 listen = "unix:{d}/admin.sock"
 [fastcontainer]
@@ -195,7 +203,15 @@ files = {{ "worker.conf" = "{root}/examples/dovecot-worker.conf" }}
 [proxy]
 imap = "inet:127.0.0.1:{port}"
 "#,
-        d = d.display()
+        d = d.display(),
+        plugin = args
+            .command_plugin
+            .as_ref()
+            .map(|p| format!(
+                "[plugin.command-rules]\nfile = \"{}\"\ngrants = [\"config\", \"log\"]\n[plugin.command-rules.settings]\ncommands = [\"XBENCHPROBE=deny:probe\"]\n",
+                p.display()
+            ))
+            .unwrap_or_default(),
     );
     std::fs::write(d.join("wasmail.toml"), config).unwrap();
     let child = Command::new(&args.wasmail)
@@ -317,5 +333,53 @@ fn main() {
         100.0 * p_rate / d_rate,
         cold_p50
     );
+    if args.command_plugin.is_some() {
+        hooked_throughput(&args, &dir, port, &mut pc);
+    }
     drop(holder);
+}
+
+/// FETCH on the per-command hook path (example.com's chain gets `command-rules`),
+/// interleaved with the same on `plain`, a session that began before the change and so
+/// stays on the plain splice.
+fn hooked_throughput(args: &Args, dir: &Path, port: u16, plain: &mut Client<TcpStream>) {
+    let reg = SqliteRegistry::open(&dir.join("registry.db")).unwrap();
+    let mut d = reg
+        .snapshot()
+        .unwrap()
+        .domain("example.com")
+        .unwrap()
+        .clone();
+    d.chains
+        .insert("hook".into(), vec!["command-rules".to_string()]);
+    reg.update_domain(&d).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut hc = Client::new(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    hc.login();
+    let (r, _) = hc.run("p XBENCHPROBE\r\n");
+    assert!(
+        r.starts_with("p NO [ALERT] probe"),
+        "not on the hook path: {r}"
+    );
+    hc.run("s SELECT INBOX\r\n");
+    let (mut ht, mut pt, mut bytes) = (Duration::ZERO, Duration::ZERO, 0);
+    for _ in 0..args.rounds {
+        let t0 = Instant::now();
+        let (r, n) = hc.run("f FETCH 1 BODY.PEEK[]\r\n");
+        ht += t0.elapsed();
+        assert!(r.starts_with("f OK"), "{r}");
+        bytes += n;
+        let t0 = Instant::now();
+        let (r, _) = plain.run("f FETCH 1 BODY.PEEK[]\r\n");
+        pt += t0.elapsed();
+        assert!(r.starts_with("f OK"), "{r}");
+    }
+    let mib = bytes as f64 / (1 << 20) as f64;
+    let (rate, plain_rate) = (mib / ht.as_secs_f64(), mib / pt.as_secs_f64());
+    println!(
+        "FETCH {} MiB x {}: imap-command hook path {rate:.0} MiB/s, plain splice {plain_rate:.0} MiB/s ({:.0}%)",
+        args.size_mib,
+        args.rounds,
+        100.0 * rate / plain_rate
+    );
 }

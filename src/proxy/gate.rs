@@ -91,6 +91,11 @@ impl Gate {
         }
     }
 
+    /// The hook chain (the fronts run `imap-command` hooks through it after login).
+    pub fn hooks(&self) -> &HookChain {
+        &self.hooks
+    }
+
     /// Runs the `connect` hooks (global chain only: no domain is known yet).
     pub async fn connect(&self, session: &HookSession) -> Result<(), Refusal> {
         if !self.hooks.wants(None, "connect") {

@@ -352,7 +352,7 @@ impl FrontSession for Session {
 }
 
 /// `{n}` or `{n+}` at the end of `line`: (where the marker starts, n, synchronizing).
-fn literal_marker(line: &[u8]) -> Option<(usize, usize, bool)> {
+pub(crate) fn literal_marker(line: &[u8]) -> Option<(usize, usize, bool)> {
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
     let mut digits = &inner[open + 1..];

@@ -14,13 +14,18 @@
 //! - [`tls`]: the rustls acceptor for STARTTLS/STLS.
 //! - [`service`]: the listeners and the per-connection driver: greeting, the pre-login
 //!   loop, STARTTLS, the login, then a byte splice (no parsing) until either side closes.
+//! - [`commands`] and [`hooked`]: for IMAP sessions whose domain chain subscribes to
+//!   `imap-command`, the sans-IO command framing (with `imap-codec`) and the driver that
+//!   runs each command through the hooks instead of the plain splice.
 //!
 //! A session holds its worker [`Lease`](crate::fastcontainer::manager::Lease) from login
 //! to close, so a worker is reaped only once its last proxied session ended.
 
 pub mod backend;
+pub mod commands;
 pub mod config;
 pub mod gate;
+pub mod hooked;
 pub mod imap;
 pub mod pop3;
 pub mod sasl;

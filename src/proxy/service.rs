@@ -4,8 +4,10 @@
 //! its [`FrontSession`] (with STARTTLS/STLS upgrading the stream in place and bytes sent
 //! after the command discarded), the login ([`Gate::login`], which ends logged in at the
 //! worker), and finally a splice of bytes in both directions
-//! ([`tokio::io::copy_bidirectional_with_sizes`], nothing parsed) until either side
-//! closes, the session has been idle for `idle_timeout`, or `serve` shuts down. The
+//! ([`tokio::io::copy_bidirectional_with_sizes`], nothing parsed) — or, for an IMAP
+//! session whose domain chain subscribes to `imap-command` (checked once, at login), the
+//! command-by-command path of [`hooked`] — until either side closes, the session has been
+//! idle for `idle_timeout`, or `serve` shuts down. The
 //! worker [`Lease`](crate::fastcontainer::manager::Lease) lives exactly as long as the
 //! splice.
 
@@ -29,7 +31,7 @@ use wasmail_milter::net::Stream;
 use super::config::ProxySection;
 use super::gate::{Gate, WorkerSockets};
 use super::imap::Settings;
-use super::{Action, FrontSession, LoginRequest, imap, pop3};
+use super::{Action, FrontSession, LoginRequest, Protocol, hooked, imap, pop3};
 use crate::host::calls::HookSession;
 use crate::listen;
 use crate::mailhook::HookChain;
@@ -399,25 +401,52 @@ async fn login<S: FrontSession>(
         info!(user = %admitted.user, "client left during login");
         return None;
     }
-    if !pending.is_empty() && worker.stream.write_all(pending).await.is_err() {
-        return None;
+    // Checked once per session: a chain changed later applies to new sessions.
+    let hooked = protocol == Protocol::Imap
+        && front
+            .gate
+            .hooks()
+            .wants(Some(&admitted.domain), "imap-command");
+    if !hooked {
+        if !pending.is_empty() && worker.stream.write_all(pending).await.is_err() {
+            return None;
+        }
+        pending.clear();
     }
-    pending.clear();
     info!(
         user = %admitted.user,
         domain = %admitted.domain,
         worker_pid = admitted.lease.pid(),
         took_ms = started.elapsed().as_millis() as u64,
         secured = hook_session.secured,
+        imap_command_hooks = hooked,
         "logged in; splicing to the worker"
     );
-    let (to_worker, to_client, end) = splice(
-        conn,
-        &mut worker.stream,
-        front.section.idle_timeout,
-        shutdown,
-    )
-    .await;
+    let (to_worker, to_client, end) = if hooked {
+        let ctx = hooked::Context {
+            hooks: front.gate.hooks(),
+            domain: &admitted.domain,
+            user: &admitted.user,
+            session: hook_session,
+        };
+        hooked::splice(
+            conn,
+            &mut worker.stream,
+            std::mem::take(pending),
+            ctx,
+            front.section.idle_timeout,
+            shutdown,
+        )
+        .await
+    } else {
+        splice(
+            conn,
+            &mut worker.stream,
+            front.section.idle_timeout,
+            shutdown,
+        )
+        .await
+    };
     info!(
         user = %admitted.user,
         to_worker,

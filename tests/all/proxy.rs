@@ -446,3 +446,179 @@ fn bad_input_is_refused_with_clear_logs_and_no_leaked_worker_session() {
     let status = fronts.serve.stop(Duration::from_secs(20));
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn imap_command_hooks_deny_a_command_and_pass_the_rest_through() {
+    let name = "proxy::imap_command_hooks_deny_a_command_and_pass_the_rest_through";
+    if !prerequisites(name) {
+        return;
+    }
+    let extra = format!(
+        r#"
+[plugin.command-rules]
+file = "{}"
+grants = ["config", "log"]
+[plugin.command-rules.settings]
+commands = ["DELETE=deny:Deleting folders is disabled here", "APPEND Blocked=deny:No appends to Blocked", "XDELAYED=delay:300"]
+"#,
+        plugin("command-rules").display()
+    );
+    let mut fronts = Fronts::start("30s", &extra);
+
+    // Without the domain chain the session is spliced without parsing.
+    let mut c = Raw::connect(fronts.imap);
+    c.line();
+    c.send(b"a LOGIN bob@example.com pw-bob\r\n");
+    assert!(c.line().starts_with("a OK"));
+    c.send(b"b DELETE NoSuchFolder\r\n");
+    let l = c.line();
+    assert!(l.starts_with("b NO") && !l.contains("disabled here"), "{l}");
+    c.send(b"c LOGOUT\r\n");
+    drop(c);
+    fronts
+        .serve
+        .wait_for_log("imap_command_hooks=false", Duration::from_secs(10));
+
+    // example.com subscribes its sessions to command-rules.
+    let registry = SqliteRegistry::open(&fronts.dir().join("registry.db")).unwrap();
+    let mut d = registry
+        .snapshot()
+        .unwrap()
+        .domain("example.com")
+        .unwrap()
+        .clone();
+    d.chains
+        .insert("hook".into(), vec!["command-rules".to_string()]);
+    registry.update_domain(&d).unwrap();
+    std::thread::sleep(Duration::from_millis(800)); // [registry] refresh is 200ms
+
+    let out = output_within(
+        Command::new("python3")
+            .arg(repo_root().join("tests/fixtures/proxy_commands.py"))
+            .arg(fronts.imap.to_string()),
+        Duration::from_secs(60),
+    );
+    let log = fronts.serve.log_text();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}\n--- serve log ---\n{log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("imaplib on the hooked path: {r:#}");
+    assert_eq!(r["select"][0], "OK", "{r:#}");
+    assert!(
+        r["fetch"][1]
+            .as_str()
+            .unwrap()
+            .contains("Subject: through the front"),
+        "{r:#}"
+    );
+    assert_eq!(r["append"][0], "OK", "{r:#}");
+    assert_eq!(r["exists_after_append"], 2, "{r:#}");
+    assert_eq!(
+        r["appended_subject"], "Subject: appended through the hooks",
+        "{r:#}"
+    );
+    assert_eq!(r["create"], "OK", "{r:#}");
+    assert_eq!(
+        r["delete"],
+        serde_json::json!(["NO", "[ALERT] Deleting folders is disabled here"]),
+        "the plugin's tagged NO: {r:#}"
+    );
+    // The worker never saw the DELETE: the folder is still listed, and on disk.
+    assert!(
+        r["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().ends_with("Keep")),
+        "{r:#}"
+    );
+    assert!(
+        fronts
+            .dir()
+            .join("mail/example.com/bob/Maildir/.Keep")
+            .is_dir()
+    );
+    assert_eq!(r["noop"], "OK", "{r:#}");
+
+    // Raw: literals both ways round a denial, IDLE/DONE, a delayed command.
+    let mut c = Raw::connect(fronts.imap);
+    c.line();
+    c.send(b"a LOGIN bob@example.com pw-bob\r\n");
+    assert!(c.line().starts_with("a OK"));
+    // A denied synchronizing literal: the NO comes instead of "+", nothing is sent.
+    c.send(b"b APPEND Blocked {5}\r\n");
+    assert_eq!(c.line(), "b NO [ALERT] No appends to Blocked\r\n");
+    // A denied non-synchronizing literal: its data is dropped with the command.
+    c.send(b"c APPEND Blocked {15+}\r\nd DELETE Keep\r\n\r\ne NOOP\r\n");
+    assert_eq!(c.line(), "c NO [ALERT] No appends to Blocked\r\n");
+    let l = c.line();
+    assert!(l.starts_with("e OK"), "{l}");
+    // An allowed non-synchronizing literal (LITERAL+) and a DELETE inside a literal:
+    // it is message data, not a command.
+    let body = b"Subject: lit\r\n\r\nf DELETE Keep\r\n";
+    c.send(format!("f APPEND INBOX {{{}+}}\r\n", body.len()).as_bytes());
+    c.send(body);
+    c.send(b"\r\n");
+    let l = c.line();
+    assert!(l.starts_with("f OK"), "{l}");
+    // IDLE: the worker's "+", then DONE passes through unhooked.
+    c.send(b"g IDLE\r\n");
+    assert!(c.line().starts_with("+ "));
+    c.send(b"DONE\r\n");
+    let l = c.line();
+    assert!(l.starts_with("g OK"), "{l}");
+    let t = Instant::now();
+    c.send(b"h XDELAYED\r\n");
+    let l = c.line();
+    assert!(
+        l.starts_with("h BAD"),
+        "the worker answers the unknown command: {l}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    c.send(b"i COMPRESS DEFLATE\r\n");
+    assert_eq!(
+        c.line(),
+        "i NO [CANNOT] COMPRESS is not available on this connection.\r\n"
+    );
+    c.send(b"j LIST \"\" Keep\r\n");
+    let l = c.line();
+    assert!(l.starts_with("* LIST") && l.contains("Keep"), "{l}");
+    assert!(c.line().starts_with("j OK"));
+    // The worker refuses a synchronizing literal (no such mailbox) instead of "+": the
+    // client does not send it, and its next line is a command again, hooked.
+    c.send(b"m APPEND NoSuchBox {5}\r\n");
+    let l = c.line();
+    eprintln!("APPEND to a missing mailbox, the worker's first answer: {l:?}");
+    if l.starts_with('+') {
+        c.send(b"hello\r\n");
+        let l = c.line();
+        assert!(l.starts_with("m NO"), "{l}");
+    } else {
+        assert!(l.starts_with("m NO"), "{l}");
+    }
+    c.send(b"n DELETE Keep\r\n");
+    assert_eq!(
+        c.line(),
+        "n NO [ALERT] Deleting folders is disabled here\r\n"
+    );
+    c.send(b"k LOGOUT\r\n");
+    assert!(c.line().starts_with("* BYE"));
+    drop(c);
+
+    let log = fronts.serve.log_text();
+    assert!(log.contains("imap_command_hooks=true"), "{log}");
+    assert!(
+        log.contains("imap command denied") && log.contains("plugin=command-rules"),
+        "{log}"
+    );
+    let status = fronts.serve.stop(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+}

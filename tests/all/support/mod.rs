@@ -238,7 +238,7 @@ pub fn plugins_dir() -> PathBuf {
     PLUGINS_BUILT
         .get_or_init(|| {
             let dir = repo_root().join("target/plugins");
-            let wanted = ["noop", "stamp", "faulty", "delivery-rules"];
+            let wanted = ["noop", "stamp", "faulty", "delivery-rules", "command-rules"];
             if wanted
                 .iter()
                 .all(|n| dir.join(format!("{n}.wasm")).is_file())
