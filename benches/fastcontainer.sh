@@ -11,7 +11,9 @@
 #
 #   sudo benches/fastcontainer.sh
 #
-# Environment (defaults): N=200, N_DOVECOT=50, IDLE_DOMAINS=10000. Release binaries are
+# Environment (defaults): N=200, N_DOVECOT=50, IDLE_DOMAINS=10000, FAVORDYNMODS=0 (1 switches
+# the host's cgroups to favordynmods first, as `[fastcontainer] favordynmods = true` does;
+# it stays on until reboot). Release binaries are
 # built first. Targets (the issue): trivial p50 ≤ 5 ms, p99 ≤ 20 ms; Dovecot ≤ 150 ms to
 # first login; idle domains cost no process.
 set -euo pipefail
@@ -28,8 +30,11 @@ cargo build --release --locked --bin wasmail --bin wasmail-container-init --bin 
 T=target/release
 echo "== machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "== cgroup: $(stat -fc %T /sys/fs/cgroup)"
+FDM=()
+if [ "${FAVORDYNMODS:-0}" = 1 ]; then FDM=(--favordynmods); fi
+echo "== cgroup favordynmods: $(grep -c favordynmods /proc/mounts) mounts have it before the run"
 "$T/examples/fastcontainer_bench" cold-starts --n "$N" --init "$T/wasmail-container-init" \
-    --worker "$PWD/$T/fc-test-worker"
+    --worker "$PWD/$T/fc-test-worker" "${FDM[@]}"
 if command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ]; then
     "$T/examples/fastcontainer_bench" cold-starts --n "$N_DOVECOT" \
         --init "$T/wasmail-container-init" --dovecot "$PWD/examples/dovecot-worker.conf"

@@ -50,6 +50,10 @@ enum Cmd {
         /// Use Dovecot rendered from this template instead.
         #[arg(long)]
         dovecot: Option<PathBuf>,
+        /// Switch the host's cgroups to favordynmods first (as `[fastcontainer]
+        /// favordynmods = true` does; stays on until reboot).
+        #[arg(long)]
+        favordynmods: bool,
     },
     /// RSS and processes of `wasmail serve` with N idle domains.
     IdleDomains {
@@ -75,7 +79,16 @@ fn main() -> anyhow::Result<()> {
             init,
             worker,
             dovecot,
-        } => cold_starts(n, &init, worker.as_deref(), dovecot.as_deref()),
+            favordynmods,
+        } => {
+            if favordynmods {
+                let at = wasmail::fastcontainer::cgroup::favor_dynmods(&std::fs::read_to_string(
+                    "/proc/self/mountinfo",
+                )?)?;
+                println!("cgroups: favordynmods on ({})", at.display());
+            }
+            cold_starts(n, &init, worker.as_deref(), dovecot.as_deref())
+        }
         Cmd::IdleDomains { n, wasmail } => idle_domains(n, &wasmail),
     }
 }

@@ -199,6 +199,13 @@ fn start_fastcontainer(
              as root or remove the section"
         );
     }
+    if section.favordynmods {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("[fastcontainer] favordynmods: reading /proc/self/mountinfo")?;
+        let at = crate::fastcontainer::cgroup::favor_dynmods(&mountinfo)
+            .context("[fastcontainer] favordynmods")?;
+        info!(mount = %at.display(), "cgroups switched to favordynmods");
+    }
     // The spawner's (empty) root mount points live next to the run directories.
     let roots_dir = section.run_root.parent().map_or_else(
         || LinuxSpawnerConfig::default().roots_dir,

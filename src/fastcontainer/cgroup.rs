@@ -599,6 +599,64 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// Turns on the kernel's `favordynmods` cgroup mode (Linux ≥ 6.0) by remounting a cgroup
+/// hierarchy with that option: moving a task into a cgroup (every worker start) then no
+/// longer waits for an RCU grace period, at the cost of slightly slower fork and exit
+/// host-wide. The mode is global (one rwsem for all hierarchies), so one remount is
+/// enough: the cgroup2 mount if there is one (`/sys/fs/cgroup` or the hybrid
+/// `/sys/fs/cgroup/unified`), else the v1 `pids` or `memory` hierarchy with its own
+/// controller named again (v1 refuses a remount that changes the controllers).
+/// Measured on the 2-core VM: worker start → ready p99 23 ms → 6.6 ms.
+/// Returns the mount point changed.
+pub fn favor_dynmods(mountinfo: &str) -> Result<PathBuf, ContainerError> {
+    let (at, data) = favor_dynmods_target(mountinfo).ok_or_else(|| {
+        ContainerError::Invalid("favordynmods: no cgroup hierarchy is mounted".into())
+    })?;
+    remount(&at, &data)?;
+    Ok(at)
+}
+
+/// Which mount [`favor_dynmods`] remounts, and with which options, from mountinfo text.
+pub fn favor_dynmods_target(mountinfo: &str) -> Option<(PathBuf, String)> {
+    let mut v1: Option<(PathBuf, String)> = None;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTS ... - FSTYPE SOURCE SUPER-OPTS
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or_default();
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or_default();
+        let super_opts = r.nth(1).unwrap_or_default();
+        if fstype == "cgroup2" {
+            return Some((mount_point.into(), "favordynmods".into()));
+        }
+        if fstype == "cgroup"
+            && v1.is_none()
+            && let Some(c) = super_opts
+                .split(',')
+                .find(|o| *o == "pids" || *o == "memory")
+        {
+            v1 = Some((mount_point.into(), format!("{c},favordynmods")));
+        }
+    }
+    v1
+}
+
+fn remount(at: &Path, data: &str) -> Result<(), ContainerError> {
+    nix::mount::mount(
+        None::<&str>,
+        at,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some(data),
+    )
+    .map_err(|e| ContainerError::Sys {
+        step: format!("remount {} with {data}", at.display()),
+        source: io::Error::from_raw_os_error(e as i32),
+    })
+}
+
 /// A cgroup-safe rendering of a domain name: lowercase `[a-z0-9._-]`, anything else `_`,
 /// at most 128 bytes, never `.`/`..`/empty.
 pub fn sanitize(domain: &str) -> String {
@@ -619,6 +677,27 @@ pub fn sanitize(domain: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn favordynmods_picks_cgroup2_else_a_v1_controller() {
+        let hybrid = "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+            33 30 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+            40 30 0:36 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            favor_dynmods_target(hybrid),
+            Some(("/sys/fs/cgroup/unified".into(), "favordynmods".into()))
+        );
+        let v1 = "33 30 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+            34 30 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        assert_eq!(
+            favor_dynmods_target(v1),
+            Some(("/sys/fs/cgroup/pids".into(), "pids,favordynmods".into()))
+        );
+        assert_eq!(
+            favor_dynmods_target("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
+    }
 
     /// Makes `dir` look like a fresh cgroup: the control files a kernel would create.
     fn fake_cgroup(dir: &Path, files: &[(&str, &str)]) {

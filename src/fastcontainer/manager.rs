@@ -74,7 +74,7 @@ use super::metrics::{DomainMetrics, LatencyHistogram, Metrics, ReapCounts, ReapR
 use super::{ContainerError, Endpoint, Exit, Limits, Spawner, Usage, Worker, WorkerSpec};
 
 /// Pause between two connection attempts while waiting for a worker to become ready.
-pub const PROBE_INTERVAL: Duration = Duration::from_micros(300);
+pub const PROBE_INTERVAL: Duration = Duration::from_micros(100);
 /// How long to wait for a worker to exit after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Pause between two `try_exit` checks while a worker is stopping.
