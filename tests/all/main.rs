@@ -18,5 +18,6 @@ mod plugins_examples;
 mod policy;
 mod proxy;
 mod registry;
+mod robustness;
 mod serve;
 mod support;
