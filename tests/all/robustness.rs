@@ -60,7 +60,9 @@ fn run_lmtp(input: &[u8], cuts: &[usize]) -> Vec<u8> {
                 }
                 Some(Step::Recipient(addr)) => {
                     rcpt += 1;
-                    let refused = (rcpt % 2 == 0).then(|| Reply::new(550, "5.1.1", "no"));
+                    let refused = rcpt
+                        .is_multiple_of(2)
+                        .then(|| Reply::new(550, "5.1.1", "no"));
                     s.recipient(&addr, refused);
                 }
                 Some(Step::Deliver) => {
