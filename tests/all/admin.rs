@@ -16,7 +16,6 @@ use crate::support::postfix::free_port;
 use crate::support::{Serve, plugin, require_root, wasmail_bin};
 
 const TOKEN: &str = "admin-test-token-0123456789";
-const WORKER: &str = env!("CARGO_BIN_EXE_fc-test-worker");
 
 /// Where a test server's admin API is.
 enum Addr {
@@ -392,17 +391,11 @@ fn ctl_prewarms_lists_limits_and_stops_a_real_worker() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
-    let worker_dir = Path::new(WORKER).parent().unwrap().display().to_string();
     let config = format!(
         "[server]\nshutdown_grace = \"5s\"\n\
          [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
-         [fastcontainer]\nrun_root = \"{{dir}}/run\"\nstorage_root = \"{{dir}}/mail\"\n\
-         cgroup_root = \"wasmail-admin-test\"\nidle = \"fixed\"\nidle_timeout = \"10m\"\n\
-         stop_grace = \"2s\"\nstart_timeout = \"10s\"\n\
-         system_mounts = [\"/usr\", \"/lib\", \"/lib64\", \"/bin\", \"/sbin\", \"/etc\", \"{worker_dir}\"]\n\
-         [fastcontainer.worker]\nargv = [\"{WORKER}\", \"{{run_dir}}/worker.sock\"]\n\
-         uid = 0\ngid = 0\nready = \"unix:worker.sock\"\n\
-         [fastcontainer.limits]\nmemory = \"128MiB\"\ncpu = 1\npids = 64\n"
+         {fc}",
+        fc = crate::support::fc_test_worker_section("wasmail-admin-test"),
     );
     let mut serve = Serve::start_in(dir, &config);
     let cfg = serve.dir.path().join("wasmail.toml");

@@ -671,8 +671,6 @@ fn dovecot_front_delegates_policy_passdb_post_login_and_events() {
     assert!(serve.stop(Duration::from_secs(10)).success());
 }
 
-const WORKER: &str = env!("CARGO_BIN_EXE_fc-test-worker");
-
 /// `GET /workers` on the admin unix socket (no token needed there).
 fn workers(admin: &Path) -> serde_json::Value {
     let mut s = UnixStream::connect(admin).unwrap();
@@ -696,19 +694,13 @@ fn auth_policy_allow_prewarms_the_domain_worker() {
     std::fs::write(dir.path().join("dovecot.key"), format!("{KEY}\n")).unwrap();
     std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
     let port = free_port();
-    let worker_dir = Path::new(WORKER).parent().unwrap().display().to_string();
     let config = format!(
         "[server]\nshutdown_grace = \"5s\"\n\
          [registry]\npath = \"{{dir}}/registry.db\"\n\
          [dovecot]\nhttp = \"127.0.0.1:{port}\"\napi_key_file = \"{{dir}}/dovecot.key\"\n\
          [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
-         [fastcontainer]\nrun_root = \"{{dir}}/run\"\nstorage_root = \"{{dir}}/mail\"\n\
-         cgroup_root = \"wasmail-dovecot-test\"\nidle = \"fixed\"\nidle_timeout = \"10m\"\n\
-         stop_grace = \"2s\"\nstart_timeout = \"10s\"\n\
-         system_mounts = [\"/usr\", \"/lib\", \"/lib64\", \"/bin\", \"/sbin\", \"/etc\", \"{worker_dir}\"]\n\
-         [fastcontainer.worker]\nargv = [\"{WORKER}\", \"{{run_dir}}/worker.sock\"]\n\
-         uid = 0\ngid = 0\nready = \"unix:worker.sock\"\n\
-         [fastcontainer.limits]\nmemory = \"128MiB\"\ncpu = 1\npids = 64\n"
+         {fc}",
+        fc = crate::support::fc_test_worker_section("wasmail-dovecot-test"),
     );
     let mut serve = Serve::start_in(dir, &config);
     let admin = serve.dir.path().join("admin.sock");

@@ -10,6 +10,14 @@ use proptest::prelude::*;
 use wasmail::lmtp::protocol::{Limits, Reply, Session, Step};
 use wasmail::proxy::commands::{Framer, Item, MAX_HEAD, Response, ResponseScanner};
 
+/// Where the input is cut: `cuts` folded into `0..=len`, sorted, ending at `len`.
+fn chunk_ends(len: usize, cuts: &[usize]) -> Vec<usize> {
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+    ends.push(len);
+    ends.sort_unstable();
+    ends
+}
+
 /// Input made of protocol-looking pieces and noise, so the properties reach deep states.
 fn lmtp_input() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
@@ -42,9 +50,7 @@ fn run_lmtp(input: &[u8], cuts: &[usize]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rcpt = 0u32;
     let mut fed = 0;
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    bounds.push(input.len());
-    bounds.sort_unstable();
+    let bounds = chunk_ends(input.len(), cuts);
     for end in bounds {
         if end > fed {
             buf.extend_from_slice(&input[fed..end]);
@@ -100,9 +106,7 @@ fn run_framer(input: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, usize), ()> {
     let mut buf = BytesMut::new();
     let mut forwarded = Vec::new();
     let mut fed = 0;
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    bounds.push(input.len());
-    bounds.sort_unstable();
+    let bounds = chunk_ends(input.len(), cuts);
     for end in bounds {
         if end > fed {
             buf.extend_from_slice(&input[fed..end]);
@@ -145,9 +149,7 @@ fn scan_all(input: &[u8], cuts: &[usize]) -> Vec<(usize, Response)> {
     let mut sc = ResponseScanner::new();
     let mut got = Vec::new();
     let mut start = 0;
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    bounds.push(input.len());
-    bounds.sort_unstable();
+    let bounds = chunk_ends(input.len(), cuts);
     for end in bounds {
         if end > start {
             sc.scan(&input[start..end], |off, r| got.push((start + off, r)));

@@ -224,6 +224,23 @@ pub fn docs_fenced(doc: &str, name: &str, fence: &str) -> String {
     rest[open..close].to_string()
 }
 
+/// A `[fastcontainer]` section (text, `{dir}` = the serve temp dir) whose worker is the
+/// trivial `fc-test-worker`, under the cgroup parent `cgroup_root`; no idle reaping
+/// during a test.
+pub fn fc_test_worker_section(cgroup_root: &str) -> String {
+    let worker = env!("CARGO_BIN_EXE_fc-test-worker");
+    let worker_dir = std::path::Path::new(worker).parent().unwrap().display();
+    format!(
+        "[fastcontainer]\nrun_root = \"{{dir}}/run\"\nstorage_root = \"{{dir}}/mail\"\n\
+         cgroup_root = \"{cgroup_root}\"\nidle = \"fixed\"\nidle_timeout = \"10m\"\n\
+         stop_grace = \"2s\"\nstart_timeout = \"10s\"\n\
+         system_mounts = [\"/usr\", \"/lib\", \"/lib64\", \"/bin\", \"/sbin\", \"/etc\", \"{worker_dir}\"]\n\
+         [fastcontainer.worker]\nargv = [\"{worker}\", \"{{run_dir}}/worker.sock\"]\n\
+         uid = 0\ngid = 0\nready = \"unix:worker.sock\"\n\
+         [fastcontainer.limits]\nmemory = \"128MiB\"\ncpu = 1\npids = 64\n"
+    )
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
