@@ -14,7 +14,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates openssl sqlite3 iproute2 procps
   postfix swaks miltertest libmilter-dev python3-milter
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua
-  protobuf-compiler python3 python3-venv python3-pip
+  protobuf-compiler libprotobuf-dev etcd-server python3 python3-venv python3-pip
 )
 
 missing=()
@@ -29,7 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The packaged services are not used: tests and workers start private instances.
-  $SUDO systemctl disable --now postfix dovecot >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now postfix dovecot etcd >/dev/null 2>&1 || true
 else
   echo "setup: system packages already installed"
 fi

@@ -2,6 +2,7 @@
 //! package check for it and print a loud `SKIPPED:` line when it is missing.
 
 mod admin;
+mod cluster;
 mod dovecot_hooks;
 mod e2e;
 mod fastcontainer;

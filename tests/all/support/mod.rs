@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod etcd;
 pub mod postfix;
 
 use std::path::PathBuf;
