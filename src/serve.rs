@@ -222,6 +222,7 @@ fn start_fastcontainer(
         cgroup_parent: section.cgroup_root.clone().into(),
         roots_dir,
         subreaper: true,
+        template_roots: section.template_roots,
     })
     .context("[fastcontainer]: cannot set up worker cgroups (is cgroupfs mounted and writable?)")?;
     let spawner = std::sync::Arc::new(spawner);

@@ -19,8 +19,12 @@
 //!
 //! [`LinuxWorker`] is the handle: the host pid of the container's PID 1, the cgroup, the
 //! exit pipe (PID 1 writes the worker's exact wait status there before it exits). Every
-//! mount lives in the container's own mount namespace, so nothing needs unmounting on
-//! the host; cleanup removes the cgroup, the run dir and the empty root mount point.
+//! mount of a worker lives in the container's own mount namespace, so nothing needs
+//! unmounting on the host; cleanup removes the cgroup, the run dir and the empty root
+//! mount point. The one host mount is the spawner's read-only template root per worker
+//! shape (`<roots_dir>/.template-<pid>-<n>`, see [`super::init::build_template`]), built
+//! at the first start of that shape and detached when the spawner is dropped (or, after
+//! a crash, when the next spawner starts).
 //!
 //! [`wait_ready`] probes the spec's ready endpoint until it accepts.
 //!
@@ -31,7 +35,7 @@
 //! [`LinuxSpawner::reap_orphans`] collects them. Containers never produce such orphans:
 //! their processes are reparented to their own PID 1.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -65,6 +69,9 @@ pub struct LinuxSpawnerConfig {
     pub roots_dir: PathBuf,
     /// Make the manager a child subreaper (see the module docs). Default true.
     pub subreaper: bool,
+    /// Start workers from a shared read-only template root per worker shape (see
+    /// [`super::init::build_template`]). Default true.
+    pub template_roots: bool,
 }
 
 impl Default for LinuxSpawnerConfig {
@@ -74,6 +81,7 @@ impl Default for LinuxSpawnerConfig {
             cgroup_parent: PathBuf::from("wasmail"),
             roots_dir: PathBuf::from("/run/wasmail/roots"),
             subreaper: true,
+            template_roots: true,
         }
     }
 }
@@ -99,7 +107,53 @@ pub struct LinuxSpawner {
     live: Arc<Mutex<HashSet<i32>>>,
     /// Zombie children seen by the previous [`LinuxSpawner::reap_orphans`].
     zombies: Mutex<HashSet<i32>>,
+    /// Template roots by spec shape ([`TemplateKey`]); `None` when building one failed
+    /// (those specs build their root from scratch; the failure was logged once).
+    templates: Mutex<HashMap<TemplateKey, Option<PathBuf>>>,
 }
+
+/// What a template root depends on: the read-only binds, the kind and place of the
+/// read-write ones and of the run dir. Workers of one configuration share one shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TemplateKey {
+    read_only: Vec<(PathBuf, PathBuf)>,
+    /// (kind of the host source, target inside); kind is `dir`, `file`, `missing` or
+    /// `symlink:<link>` (a symlinked source is recreated as that symlink in the template).
+    read_write: Vec<(String, PathBuf)>,
+    run_dir_inside: PathBuf,
+}
+
+impl TemplateKey {
+    fn of(spec: &InitSpec) -> Self {
+        let kind = |p: &Path| match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => match fs::read_link(p) {
+                Ok(l) => format!("symlink:{}", l.display()),
+                Err(_) => "missing".into(),
+            },
+            Ok(m) if m.is_dir() => "dir".into(),
+            Ok(_) => "file".into(),
+            Err(_) => "missing".into(),
+        };
+        TemplateKey {
+            read_only: spec
+                .mounts
+                .iter()
+                .filter(|m| m.read_only)
+                .map(|m| (m.source.clone(), m.target.clone()))
+                .collect(),
+            read_write: spec
+                .mounts
+                .iter()
+                .filter(|m| !m.read_only)
+                .map(|m| (kind(&m.source), m.target.clone()))
+                .collect(),
+            run_dir_inside: spec.run_dir_inside.clone(),
+        }
+    }
+}
+
+/// Name prefix of template roots in `roots_dir`: `.template-<manager pid>-<n>`.
+const TEMPLATE_PREFIX: &str = ".template-";
 
 fn sys(step: impl Into<String>, source: io::Error) -> ContainerError {
     ContainerError::Sys {
@@ -134,12 +188,60 @@ impl LinuxSpawner {
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|e| errno("prctl PR_SET_CHILD_SUBREAPER", e))?;
         }
+        remove_stale_templates(&config.roots_dir);
         Ok(Self {
             config,
             cgroups,
             live: Arc::default(),
             zombies: Mutex::default(),
+            templates: Mutex::default(),
         })
+    }
+
+    /// The template root for `spec`'s shape, built on first use (see
+    /// [`super::init::build_template`]); `None` when it cannot be built (then every such
+    /// start builds its root from scratch, as before templates existed).
+    fn template_for(&self, spec: &InitSpec) -> Option<PathBuf> {
+        if !self.config.template_roots {
+            return None;
+        }
+        let key = TemplateKey::of(spec);
+        let mut templates = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = templates.get(&key) {
+            return t.clone();
+        }
+        static TEMPLATE_SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = TEMPLATE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let at = self
+            .config
+            .roots_dir
+            .join(format!("{TEMPLATE_PREFIX}{}-{n}", std::process::id()));
+        let built = fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&at)
+            .map_err(|e| format!("mkdir {}: {e}", at.display()))
+            .and_then(|()| {
+                super::init::build_template(&at, spec).map_err(|f| {
+                    let _ = super::init::remove_template(&at);
+                    format!("{}: {}", f.step, io::Error::from_raw_os_error(f.errno))
+                })
+            });
+        let entry = match built {
+            Ok(()) => {
+                tracing::debug!(template = %at.display(), "fastcontainer.template built");
+                Some(at)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir(&at);
+                tracing::warn!(
+                    error = %e,
+                    "cannot prepare a template root; workers build their root from scratch"
+                );
+                None
+            }
+        };
+        templates.insert(key, entry.clone());
+        entry
     }
 
     /// The cgroup tree in use.
@@ -157,9 +259,6 @@ impl LinuxSpawner {
         let name = format!("{}@{}.{seq}", sanitize(&spec.domain), std::process::id());
         let root = self.config.roots_dir.join(&name);
         let init_spec = init_spec(spec, &root);
-        let mut message = vec![b'G'];
-        serde_json::to_writer(&mut message, &init_spec)
-            .map_err(|e| ContainerError::Invalid(format!("spec for {}: {e}", spec.domain)))?;
 
         // Host side: run dir, root mount point, cgroup. `Pending` undoes them on error.
         let mut pending = Pending {
@@ -170,6 +269,11 @@ impl LinuxSpawner {
         make_run_dir(spec)?;
         write_files(spec)?;
         make_storage_dirs(spec)?;
+        let mut init_spec = init_spec;
+        init_spec.template = self.template_for(&init_spec);
+        let mut message = vec![b'G'];
+        serde_json::to_writer(&mut message, &init_spec)
+            .map_err(|e| ContainerError::Invalid(format!("spec for {}: {e}", spec.domain)))?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
@@ -424,6 +528,7 @@ fn init_spec(spec: &WorkerSpec, root: &Path) -> InitSpec {
             .collect(),
         new_net: spec.new_net,
         nofile: spec.nofile,
+        template: None,
     }
 }
 
@@ -476,6 +581,40 @@ fn make_storage_dirs(spec: &WorkerSpec) -> Result<(), ContainerError> {
             .map_err(|e| sys(step(&format!("chown {}:{}", spec.uid, spec.gid)), e))?;
     }
     Ok(())
+}
+
+impl Drop for LinuxSpawner {
+    fn drop(&mut self) {
+        let templates = self.templates.get_mut().unwrap_or_else(|e| e.into_inner());
+        for at in templates.values().flatten() {
+            let _ = super::init::remove_template(at);
+            let _ = fs::remove_dir(at);
+        }
+    }
+}
+
+/// Detaches and removes template roots in `roots_dir` left by managers that are gone
+/// (killed before their spawner was dropped).
+fn remove_stale_templates(roots_dir: &Path) {
+    let Ok(entries) = fs::read_dir(roots_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMPLATE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = super::init::remove_template(&e.path());
+        if fs::remove_dir(e.path()).is_ok() {
+            tracing::info!(template = %e.path().display(), "removed a stale template root");
+        }
+    }
 }
 
 /// Sequence numbers for worker names (cgroups, root mount points) in this process.
@@ -993,6 +1132,7 @@ mod tests {
             cgroups: CgroupTree::v2(tmp.path(), "x").unwrap(),
             live: Arc::default(),
             zombies: Mutex::default(),
+            templates: Mutex::default(),
         };
         nix::sys::prctl::set_child_subreaper(true).unwrap();
         let pidfile = tmp.path().join("pid");
