@@ -220,7 +220,9 @@ fn read_spec(fd: RawFd) -> Result<InitSpec, Failure> {
     let mut f = unsafe { fs::File::from_raw_fd(fd) };
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).step(|| "read spec".into())?;
-    serde_json::from_slice(&buf).map_err(|e| Failure::new(format!("parse spec: {e}"), libc::EINVAL))
+    // A fork-like start gets the go byte `G` first (see the spawner's `ChildStart`).
+    let json = buf.strip_prefix(b"G").unwrap_or(&buf);
+    serde_json::from_slice(json).map_err(|e| Failure::new(format!("parse spec: {e}"), libc::EINVAL))
 }
 
 fn mount(

@@ -271,7 +271,7 @@ impl LinuxSpawner {
         make_storage_dirs(spec)?;
         let mut init_spec = init_spec;
         init_spec.template = self.template_for(&init_spec);
-        let mut message = vec![b'G'];
+        let mut message = Vec::with_capacity(1024);
         serde_json::to_writer(&mut message, &init_spec)
             .map_err(|e| ContainerError::Invalid(format!("spec for {}: {e}", spec.domain)))?;
         fs::DirBuilder::new()
@@ -301,12 +301,15 @@ impl LinuxSpawner {
         }
 
         // The orphan reaper must never see the child before it is registered as live.
-        let pid = {
+        let (pid, start) = {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            let pid = clone_child(flags as u64, &plan).map_err(|e| errno("clone", e))?;
+            let (pid, start) = clone_child(flags as u64, &plan).map_err(|e| errno("clone", e))?;
             live.insert(pid);
-            pid
+            (pid, start)
         };
+        if start == ChildStart::AfterGo {
+            message.insert(0, b'G');
+        }
         let t_clone = t0.elapsed();
         drop((spec_r, status_w, exit_w));
         let (run_dir, root, cgroup) = pending.disarm();
@@ -322,12 +325,22 @@ impl LinuxSpawner {
             cleaned: false,
         };
         // From here on, dropping `worker` kills and cleans up.
-        worker.cgroup.add_pid(pid as u32)?;
-        let mut spec_w = fs::File::from(spec_w);
-        spec_w
-            .write_all(&message)
-            .map_err(|e| sys("send spec to container-init", e))?;
-        drop(spec_w);
+        let sent = worker.cgroup.add_pid(pid as u32).and_then(|()| {
+            let mut spec_w = fs::File::from(spec_w);
+            spec_w
+                .write_all(&message)
+                .map_err(|e| sys("send spec to container-init", e))
+        });
+        if let Err(e) = sent {
+            // A child started with `ChildStart::Execed` whose exec failed is already gone;
+            // its report on the status pipe says why, better than the attach or send error.
+            if start == ChildStart::Execed
+                && let Ok(Some(f)) = read_status(status_r, Duration::from_millis(200))
+            {
+                return Err(sys(f.step, io::Error::from_raw_os_error(f.errno)));
+            }
+            return Err(e);
+        }
         let t_attach = t0.elapsed();
         match read_status(status_r, spec.start_timeout.max(Duration::from_secs(1))) {
             Ok(None) => {
@@ -340,6 +353,7 @@ impl LinuxSpawner {
                     clone_us = t_clone.as_micros() as u64,
                     attach_us = t_attach.as_micros() as u64,
                     exec_us = t0.elapsed().as_micros() as u64,
+                    start = ?start,
                     "fastcontainer.spawn"
                 );
                 Ok(worker)
@@ -689,9 +703,27 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Clones like `fork` into new namespaces (`flags`); the child runs [`child_after_clone`]
-/// and never returns here. Returns the child's host pid.
-fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
+/// How the cloned child starts container-init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildStart {
+    /// Cloned sharing our memory (`CLONE_VM|CLONE_VFORK`, as `posix_spawn` does): the child
+    /// execs container-init at once, which then blocks reading its spec; the spec is sent
+    /// after the cgroup attach, so no worker code runs outside its cgroup (container-init's
+    /// own start-up, ~1 ms of trusted code, does).
+    Execed,
+    /// Cloned like `fork` (the fallback when the above is refused): the child waits for the
+    /// byte `G` on the spec pipe, sent after the cgroup attach, before it execs.
+    AfterGo,
+}
+
+/// Size of the stack the `CLONE_VM` child runs on until its exec.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Clones into new namespaces (`flags`); the child execs container-init and never returns
+/// here. Returns the child's host pid and how it starts. Tries [`ChildStart::Execed`]
+/// first (no copy of the manager's page tables, no teardown of that copy at the exec: the
+/// manager is a large multi-threaded process), then [`ChildStart::AfterGo`].
+fn clone_child(flags: u64, plan: &ChildPlan) -> Result<(i32, ChildStart), Errno> {
     // No signal handler of the manager may run in the child between clone and exec: block
     // everything around the clone (the child keeps the full mask through the exec;
     // container-init sets its own).
@@ -701,6 +733,43 @@ fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
         Some(&SigSet::all()),
         Some(&mut old),
     )?;
+    let r = clone_vm(flags, plan)
+        .map(|pid| (pid, ChildStart::Execed))
+        .or_else(|_| clone_fork(flags, plan).map(|pid| (pid, ChildStart::AfterGo)));
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    r
+}
+
+/// `clone(CLONE_VM|CLONE_VFORK|flags)` on a stack of its own: this thread sleeps until the
+/// child has exec'd container-init (or failed and exited).
+fn clone_vm(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&ChildPlan` passed below, alive while we run (the parent
+        // is suspended until we exec or exit); see `exec_init`.
+        unsafe { exec_init(&*(arg as *const ChildPlan)) }
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down; align its top to 16 bytes as the ABI requires.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let flags = flags as libc::c_int | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: glibc's clone runs `entry` on `stack` in a child sharing our memory while
+    // this thread is suspended (CLONE_VFORK), so nothing else touches the stack or the
+    // plan meanwhile. `entry` makes only async-signal-safe calls (fcntl, execve, write,
+    // _exit) with all signals blocked, allocates nothing and takes no lock.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top as *mut libc::c_void,
+            flags,
+            plan as *const ChildPlan as *mut libc::c_void,
+        )
+    };
+    drop(stack);
+    if pid < 0 { Err(Errno::last()) } else { Ok(pid) }
+}
+
+/// Clones like `fork`: the child runs [`child_after_clone`].
+fn clone_fork(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -725,15 +794,17 @@ fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
         // SAFETY: we are the freshly cloned child; see `child_after_clone`.
         unsafe { child_after_clone(plan) }
     }
-    let e = Errno::last();
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    if r < 0 { Err(e) } else { Ok(r as i32) }
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as i32)
+    }
 }
 
-/// The cloned child, before exec.
+/// The fork-like child, before exec: waits for the go byte, then execs.
 ///
 /// # Safety
-/// Must only be called in the child of [`clone_child`]. The parent is multi-threaded, so
+/// Must only be called in the child of [`clone_fork`]. The parent is multi-threaded, so
 /// this makes only async-signal-safe calls (read, fcntl, execve, write, _exit), allocates
 /// nothing and takes no lock; everything it reads was prepared before the clone.
 unsafe fn child_after_clone(plan: &ChildPlan) -> ! {
@@ -752,6 +823,20 @@ unsafe fn child_after_clone(plan: &ChildPlan) -> ! {
             }
             libc::_exit(1);
         }
+        exec_init(plan)
+    }
+}
+
+/// Execs container-init with the three descriptors inherited; on failure reports errno and
+/// the step on the status pipe and exits 127.
+///
+/// # Safety
+/// Only in a freshly cloned child (either kind): async-signal-safe calls only, on data
+/// prepared before the clone. With `CLONE_VM` the fd table is still the child's own (no
+/// `CLONE_FILES`), so clearing close-on-exec does not touch the parent's descriptors.
+unsafe fn exec_init(plan: &ChildPlan) -> ! {
+    // SAFETY: see the function's safety section.
+    unsafe {
         for fd in [plan.spec_r, plan.status_w, plan.exit_w] {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }

@@ -456,6 +456,26 @@ fn setup_errors_name_the_step() {
     assert_eq!(step, "exec /usr/bin/no-such-worker");
     assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
 
+    // A PID 1 binary that does not exist: the exec of container-init is the step named
+    // (the child execs it before the cgroup attach, so its report must win over the
+    // attach error), and nothing is left behind.
+    let bad_init = LinuxSpawner::new(LinuxSpawnerConfig {
+        init_exe: tmp.path().join("no-such-init"),
+        cgroup_parent: "wasmail-test".into(),
+        roots_dir: tmp.path().join("roots"),
+        subreaper: false,
+        template_roots: true,
+    })
+    .unwrap();
+    let spec = worker_spec(tmp.path(), "noinit.example", &[]);
+    let err = bad_init.spawn(&spec).unwrap_err();
+    let ContainerError::Sys { step, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(step, "exec container-init");
+    assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+    assert!(!spec.run_dir.exists(), "run dir left behind");
+
     // An invalid spec never reaches the kernel.
     let mut spec = worker_spec(tmp.path(), "relative.example", &[]);
     spec.argv[0] = "worker".into();
