@@ -171,9 +171,14 @@ impl Found {
 /// An error message for etcd's own errors.
 fn describe(e: &etcd_client::Error) -> String {
     match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            format!("{} ({:?})", s.message(), s.code())
+        // tonic is not a direct dependency; its code names are stable.
+        etcd_client::Error::GRpcStatus(s) if format!("{:?}", s.code()) == "Unavailable" => {
+            format!(
+                "{} (unavailable; is etcd running and reachable?)",
+                s.message()
+            )
         }
+        etcd_client::Error::GRpcStatus(s) => format!("{} ({:?})", s.message(), s.code()),
         e => e.to_string(),
     }
 }
