@@ -697,3 +697,74 @@ fn wasmail_check_config_accepts_the_etcd_section_and_names_bad_keys() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn snapshot_reads_a_large_registry_in_pages_in_the_documented_layout() {
+    let Some(etcd) =
+        etcd("registry_etcd::snapshot_reads_a_large_registry_in_pages_in_the_documented_layout")
+    else {
+        return;
+    };
+    let reg = open(&etcd, "/wasmail");
+    reg.add_domain(&domain("example.com")).unwrap();
+    // 1200 mailboxes written straight into etcd in the layout docs/registry.md describes
+    // (more than two 500-key pages), 100 keys per transaction (etcd allows 128 ops).
+    const N: usize = 1200;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+            let ops: Vec<_> = chunk
+                .iter()
+                .map(|i| {
+                    etcd_client::TxnOp::put(
+                        format!("/wasmail/registry/mailboxes/example.com/u{i:04}@example.com"),
+                        format!("{{\"password_hash\":null,\"quota_bytes\":{}}}", i + 1),
+                        None,
+                    )
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+        }
+        c.put(
+            "/wasmail/registry/aliases/example.com/@example.com",
+            r#"{"targets":["u0000@example.com"]}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let s = reg.snapshot().unwrap();
+    assert_eq!(s.mailboxes.len(), N);
+    assert_eq!(
+        s.mailbox("u1199@example.com").unwrap().quota_bytes,
+        Some(1200)
+    );
+    assert_eq!(
+        s.alias("@example.com").unwrap().targets,
+        ["u0000@example.com"]
+    );
+    // The registry's own operations see them: the domain is in use.
+    let e = reg.remove_domain("example.com", false).unwrap_err();
+    assert!(
+        e.to_string().contains("1200 mailbox(es) and 1 alias(es)"),
+        "{e}"
+    );
+    // A corrupt value is an error naming its key.
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        c.put("/wasmail/registry/domains/bad.example", "{not json", None)
+            .await
+            .unwrap();
+    });
+    let e = reg.snapshot().unwrap_err().to_string();
+    assert!(
+        e.contains("/wasmail/registry/domains/bad.example is not valid JSON"),
+        "{e}"
+    );
+    assert!(e.contains(&etcd.endpoint), "{e}");
+}
