@@ -18,7 +18,7 @@ use crate::registry::{
     Reg, domains_add_list_show_set_rm_on, mailboxes_aliases_and_domain_removal_on,
 };
 use crate::support::etcd::Etcd;
-use crate::support::{Serve, require_program, wasmail_bin};
+use crate::support::{Serve, docs_fenced, require_program, wasmail_bin};
 
 /// Starts a private etcd, or None (with a loud SKIPPED line) when etcd is not installed.
 fn etcd(test: &str) -> Option<Etcd> {
@@ -462,10 +462,14 @@ fn two_serves_answer_a_cli_change_within_a_second() {
     // Polling once an hour: only the watch can bring the change in time.
     let a = serve_on(&etcd, "1h");
     let b = serve_on(&etcd, "1h");
-    let cli = Reg::with_section(
-        tempfile::tempdir().unwrap(),
-        &section(&etcd, "/wasmail", ""),
-    );
+    // The CLI uses the section from docs/registry.md verbatim, but for the endpoint.
+    let documented = docs_fenced("docs/registry.md", "registry-etcd", "toml");
+    let body = documented
+        .strip_prefix("[registry]\n")
+        .expect("the block starts with [registry]")
+        .replace("http://127.0.0.1:2379", &etcd.endpoint);
+    assert_ne!(body, documented);
+    let cli = Reg::with_section(tempfile::tempdir().unwrap(), &body);
     let (code, _, _) = postmap("example.com", &sm(&a, "virtual_mailbox_domains"));
     assert_eq!(code, 1, "not hosted yet");
 
