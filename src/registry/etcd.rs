@@ -784,13 +784,16 @@ async fn watch_loop(client: Client, root: String, limit: Duration, notify: Arc<N
                 }
             }
         };
-        if let Err(msg) = outcome
-            && failing.as_deref() != Some(msg.as_str())
-        {
-            tracing::warn!(
-                error = %msg,
-                "registry watch lost; changes are picked up by polling until it is back"
-            );
+        if let Err(msg) = outcome {
+            // Once per outage; the text varies while etcd is down.
+            if failing.is_none() {
+                tracing::warn!(
+                    error = %msg,
+                    "registry watch lost; changes are picked up by polling until it is back"
+                );
+            } else if failing.as_deref() != Some(msg.as_str()) {
+                tracing::debug!(error = %msg, "registry watch still down");
+            }
             failing = Some(msg);
         }
         tokio::time::sleep(REWATCH).await;

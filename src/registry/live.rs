@@ -93,10 +93,12 @@ impl Live {
     }
 
     /// Spawns a task that calls [`Live::refresh`] on the blocking pool every `interval`,
-    /// and at once whenever the backend's [`Registry::change_notify`] fires, until `shutdown` becomes true (or its sender is dropped). Logs `registry changed`
-    /// (info, with the generation and counts) when the snapshot is replaced; logs a
-    /// backend error once, with the registry's location, and keeps serving the old
-    /// snapshot until reads succeed again.
+    /// and at once whenever the backend's [`Registry::change_notify`] fires, until
+    /// `shutdown` becomes true (or its sender is dropped). Logs `registry changed` (info,
+    /// with the generation and counts) when the snapshot is replaced; logs a backend error
+    /// once per outage (a different error later in the same outage at debug level), with
+    /// the registry's location, and keeps serving the old snapshot until reads succeed
+    /// again.
     pub fn spawn_refresher(
         self: &Arc<Self>,
         interval: Duration,
@@ -150,15 +152,19 @@ impl Live {
                             }
                         }
                         Ok(Err(e)) => {
+                            // Once per outage: the text may vary while the backend is
+                            // down (etcd: connection refused, then timeouts).
                             let msg = e.to_string();
-                            if failing.as_deref() != Some(msg.as_str()) {
+                            if failing.is_none() {
                                 tracing::error!(
                                     error = %msg,
                                     generation = live.current.load().generation,
                                     "cannot refresh the registry; keeping the previous snapshot"
                                 );
-                                failing = Some(msg);
+                            } else if failing.as_deref() != Some(msg.as_str()) {
+                                tracing::debug!(error = %msg, "registry still unreadable");
                             }
+                            failing = Some(msg);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "registry refresh thread failed");
