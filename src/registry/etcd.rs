@@ -310,6 +310,10 @@ impl EtcdRegistry {
         let err = move |e: etcd_client::Error| {
             RegistryError::Backend(format!("etcd {endpoints}: {op}: {}", describe(&e)))
         };
+        // Give up on conflicts a little before `run`'s own time limit, to say why.
+        let give_up = tokio::time::Instant::now() + self.request_timeout.mul_f32(0.9);
+        let timeout = self.request_timeout;
+        let endpoints = self.endpoints.clone();
         self.run(op, async move {
             let mut kv = client.kv_client();
             let mut attempt: u32 = 0;
@@ -373,9 +377,25 @@ impl EtcdRegistry {
                 if resp.succeeded() {
                     return Ok(());
                 }
-                // Another registry write came in between: decide again on fresh data.
+                // Another registry write came in between: decide again on fresh data,
+                // after a short pause that grows and is jittered so that writers that
+                // collided do not collide again in lockstep.
                 attempt += 1;
-                let pause = Duration::from_millis(u64::from(attempt.min(20)) * 2);
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(RegistryError::Backend(format!(
+                        "etcd {endpoints}: {op}: gave up after {attempt} attempts within {} \
+                         (request_timeout): other hosts kept changing the registry at the \
+                         same time",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                        % 1000,
+                );
+                let pause = Duration::from_micros(u64::from(attempt.min(20)) * 1000 + jitter);
                 tracing::debug!(op, attempt, "etcd registry write conflict; retrying");
                 tokio::time::sleep(pause).await;
             }
