@@ -69,12 +69,16 @@ impl Reg {
         });
         let mut child = cmd.spawn().expect("spawn wasmail");
         if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
+            // A command that fails before reading its standard input (a scenario that
+            // expects an error) closes the pipe first: that is not a test failure.
+            let written = child.stdin.take().unwrap().write_all(text.as_bytes());
+            if let Err(e) = written {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe,
+                    "writing stdin: {e}"
+                );
+            }
         }
         let out = child.wait_with_output().unwrap();
         // No output ever carries password material (but an export to standard output,
