@@ -11,13 +11,16 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use crate::milter::wasmail::plugin::config as raw;
 
 thread_local! {
     static VALUES: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
-    static LISTS: RefCell<HashMap<(String, String), Vec<String>>> = RefCell::new(HashMap::new());
+    /// Parsed lists by setting name, then by default text.
+    static LISTS: RefCell<HashMap<String, HashMap<String, Rc<[String]>>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The value of setting `key` as text, if set.
@@ -62,12 +65,24 @@ pub fn get_list(key: &str) -> Option<Vec<String>> {
 /// Setting `key` as a list (see [`parse_list`]); `default` (also parsed as a list) when it is
 /// not set.
 pub fn get_list_or(key: &str, default: &str) -> Vec<String> {
-    let k = (key.to_string(), default.to_string());
-    if let Some(v) = LISTS.with(|c| c.borrow().get(&k).cloned()) {
+    list_or(key, default).to_vec()
+}
+
+/// [`get_list_or`] without the copy: the parsed list shared with the instance's cache.
+/// Prefer it on hot paths (a table plugin answering many lookups per instance): after the
+/// first call it costs two hash lookups, whatever the list's length.
+pub fn list_or(key: &str, default: &str) -> Rc<[String]> {
+    let cached = LISTS.with(|c| c.borrow().get(key).and_then(|d| d.get(default)).cloned());
+    if let Some(v) = cached {
         return v;
     }
-    let v = parse_list(&get(key).unwrap_or_else(|| default.to_string()));
-    LISTS.with(|c| c.borrow_mut().insert(k, v.clone()));
+    let v: Rc<[String]> = parse_list(&get(key).unwrap_or_else(|| default.to_string())).into();
+    LISTS.with(|c| {
+        c.borrow_mut()
+            .entry(key.to_string())
+            .or_default()
+            .insert(default.to_string(), Rc::clone(&v))
+    });
     v
 }
 

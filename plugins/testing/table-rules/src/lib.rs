@@ -32,16 +32,16 @@ impl Table for TableRules {
         if k == "count" || k.starts_with("count@") {
             return Answer::found(n.to_string());
         }
-        if config::get_list_or("trap", "").iter().any(|t| t == k) {
+        if config::list_or("trap", "").iter().any(|t| t == k) {
             panic!("table-rules: trap on {k}");
         }
-        if config::get_list_or("temp", "").iter().any(|t| t == k) {
+        if config::list_or("temp", "").iter().any(|t| t == k) {
             return Answer::temp(format!("no answer for {k} right now"));
         }
-        if config::get_list_or("perm", "").iter().any(|t| t == k) {
+        if config::list_or("perm", "").iter().any(|t| t == k) {
             return Answer::perm(format!("{k} is misconfigured"));
         }
-        for pair in config::get_list_or("found", "") {
+        for pair in config::list_or("found", "").iter() {
             if let Some((name, value)) = pair.split_once('=')
                 && name == k
             {
