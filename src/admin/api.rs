@@ -781,7 +781,10 @@ mod tests {
             config,
             plugins: None,
             registry: None,
+            router: crate::cluster::Router::new(manager.clone(), None, None),
             fastcontainer: manager,
+            cluster: None,
+            relay_tls: None,
         };
         let token = token.then(|| Secret::new(TOKEN.into()));
         Api {
