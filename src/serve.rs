@@ -336,7 +336,8 @@ async fn build_services(
     if let Some(lookup) = shared.config.lookup.clone() {
         let tables =
             crate::lookup::Tables::new(&lookup, shared.registry.clone(), shared.plugins.clone())
-                .context("[lookup] tables")?;
+                .context("[lookup] tables")?
+                .with_cluster(shared.cluster.clone());
         let service = crate::lookup::service::start(lookup, tables, shutdown.clone())
             .await
             .context("starting the lookup service")?;
