@@ -395,7 +395,10 @@ impl Admin {
             Err(r) => return r,
         };
         if !crate::cluster::config::valid_host_name(host) {
-            return Reply::error(StatusCode::BAD_REQUEST, format!("host: not a host name: {host:?}"));
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("host: not a host name: {host:?}"),
+            );
         }
         info!(host, drain = on, "admin: drain");
         match c.drain(host, on).await {

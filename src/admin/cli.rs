@@ -8,8 +8,8 @@ use hyper::Method;
 use serde::de::DeserializeOwned;
 
 use super::api::{
-    Drained, Health, HostList, LimitsChanged, LimitsView, Prewarmed, Reloaded, Stopped,
-    WorkerList, WorkerView,
+    Drained, Health, HostList, LimitsChanged, LimitsView, Prewarmed, Reloaded, Stopped, WorkerList,
+    WorkerView,
 };
 use super::client::Client;
 use crate::config::Config;
@@ -181,7 +181,10 @@ async fn ctl(client: &Client, cmd: CtlCmd) -> anyhow::Result<()> {
             let verb = if undo { "undrain" } else { "drain" };
             let d: Drained = post(client, &format!("/cluster/{verb}/{host}"), None).await?;
             if d.draining {
-                println!("{}: draining (no new domains; idle workers move elsewhere)", d.host);
+                println!(
+                    "{}: draining (no new domains; idle workers move elsewhere)",
+                    d.host
+                );
             } else {
                 println!("{}: back in placement", d.host);
             }
@@ -248,7 +251,11 @@ pub fn hosts_table(list: &HostList) -> String {
         };
         rows.push([
             name,
-            if h.relay.is_empty() { "-".into() } else { h.relay.clone() },
+            if h.relay.is_empty() {
+                "-".into()
+            } else {
+                h.relay.clone()
+            },
             h.lmtp.clone().unwrap_or_else(|| "-".into()),
             h.capacity.to_string(),
             state.into(),

@@ -143,7 +143,10 @@ impl ClusterSection {
             );
         }
         if self.etcd.is_empty() {
-            v.error(format!("{key}.etcd"), "at least one etcd endpoint is needed");
+            v.error(
+                format!("{key}.etcd"),
+                "at least one etcd endpoint is needed",
+            );
         }
         for (i, e) in self.etcd.iter().enumerate() {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -159,8 +162,7 @@ impl ClusterSection {
                 "must start with '/' and name something, e.g. \"/wasmail\"",
             );
         }
-        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl > Duration::from_secs(3600)
-        {
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl > Duration::from_secs(3600) {
             v.error(format!("{key}.lease_ttl"), "must be between 2s and 1h");
         }
         if self.capacity == 0 {

@@ -112,7 +112,10 @@ mod tests {
             assert!(k.kind(key.as_bytes()).is_some(), "{key}");
         }
         let registry = "/wasmail/registry/domains/x";
-        assert!(registry >= end.as_str(), "the registry is outside the range");
+        assert!(
+            registry >= end.as_str(),
+            "the registry is outside the range"
+        );
         assert_eq!(k.kind(registry.as_bytes()), None);
         assert_eq!(
             k.kind(b"/wasmail/owners/example.com"),

@@ -410,8 +410,7 @@ impl Inner {
             let Some(o) = st.owned.get_mut(domain) else {
                 return;
             };
-            if o.active > 0 || o.releasing || o.last_used.elapsed() < self.section.release_grace
-            {
+            if o.active > 0 || o.releasing || o.last_used.elapsed() < self.section.release_grace {
                 return;
             }
             o.releasing = true;
@@ -472,7 +471,9 @@ impl Inner {
                     Some(Ok(r)) => {
                         st.hosts.insert(name, r);
                     }
-                    Some(Err(e)) => warn!(host = %name, error = %e, "cluster: unreadable host record"),
+                    Some(Err(e)) => {
+                        warn!(host = %name, error = %e, "cluster: unreadable host record")
+                    }
                     None => {
                         st.hosts.remove(&name);
                     }
@@ -488,7 +489,10 @@ impl Inner {
                 if changed && name == me {
                     st.draining = value.is_some();
                     drop(st);
-                    info!(draining = value.is_some(), "cluster: this host's drain flag changed");
+                    info!(
+                        draining = value.is_some(),
+                        "cluster: this host's drain flag changed"
+                    );
                     self.record_changed.notify_one();
                 }
             }
@@ -675,11 +679,7 @@ impl Inner {
 
     /// Keeps `lease` alive until it is gone (Ok(false)), `leave` flips (Ok(true)), or this
     /// host's record must be re-put (loops on).
-    async fn keep_alive(
-        self: &Arc<Self>,
-        lease: i64,
-        leave: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn keep_alive(self: &Arc<Self>, lease: i64, leave: &mut watch::Receiver<bool>) -> bool {
         let t = self.section.etcd_timeout;
         let every = self.section.lease_ttl / 3;
         let mut keeper = None;
@@ -710,7 +710,10 @@ impl Inner {
                         }
                     }
                     Ok(Some(_)) => {
-                        warn!(lease, "cluster: this host's lease expired; registering again");
+                        warn!(
+                            lease,
+                            "cluster: this host's lease expired; registering again"
+                        );
                         return false;
                     }
                     Ok(None) | Err(_) => {
@@ -817,7 +820,9 @@ impl Inner {
                 let adopt: Vec<String> = st
                     .owners
                     .iter()
-                    .filter(|(d, s)| s.host.as_deref() == Some(me.as_str()) && !st.owned.contains_key(*d))
+                    .filter(|(d, s)| {
+                        s.host.as_deref() == Some(me.as_str()) && !st.owned.contains_key(*d)
+                    })
                     .map(|(d, _)| d.clone())
                     .collect();
                 for d in adopt {

@@ -300,7 +300,9 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
         Endpoint::Unix(ready) => ready.with_file_name(&req.socket),
         Endpoint::Tcp(a) => {
             let _ = client
-                .write_all(answer(Answer::Temp(format!("worker has a TCP endpoint {a}"))).as_bytes())
+                .write_all(
+                    answer(Answer::Temp(format!("worker has a TCP endpoint {a}"))).as_bytes(),
+                )
                 .await;
             return;
         }

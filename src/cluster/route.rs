@@ -181,7 +181,11 @@ pub struct Router {
 
 impl Router {
     /// A router over this host's manager and, with `[cluster]`, the placement.
-    pub fn new(manager: Option<Manager>, cluster: Option<Cluster>, tls: Option<RelayTls>) -> Router {
+    pub fn new(
+        manager: Option<Manager>,
+        cluster: Option<Cluster>,
+        tls: Option<RelayTls>,
+    ) -> Router {
         Router {
             manager,
             cluster,

@@ -56,10 +56,12 @@ impl RelayTls {
         }
         let roots = Arc::new(roots);
         let chain = certs(&t.cert)?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .context("[cluster.tls] client verifier")?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .context("[cluster.tls] client verifier")?;
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?

@@ -65,8 +65,11 @@ pub async fn login(
     password: &Secret,
     timeout: Duration,
 ) -> Result<Backend, BackendError> {
-    match tokio::time::timeout(timeout, login_inner(protocol, stream, worker, user, password))
-        .await
+    match tokio::time::timeout(
+        timeout,
+        login_inner(protocol, stream, worker, user, password),
+    )
+    .await
     {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout(timeout)),
