@@ -104,9 +104,7 @@ fn fill_registry(path: &Path) {
 fn host_config(
     name: &str,
     ip: &str,
-    lmtp: u16,
-    imap: u16,
-    relay: u16,
+    (lmtp, imap, relay): (u16, u16, u16),
     shared: &Path,
     etcd: &str,
     idle: &str,
@@ -189,9 +187,7 @@ impl Cluster {
             let config = host_config(
                 name,
                 ip,
-                lmtp,
-                imap,
-                relay,
+                (lmtp, imap, relay),
                 c.shared.path(),
                 &c.etcd.endpoint,
                 idle,
