@@ -226,7 +226,11 @@ impl Front {
                     RouteError::Connect { .. } => "worker not answering",
                     RouteError::Cluster(_) => "placement or owner host unavailable",
                 };
-                warn!(domain, error = %e, "lmtp: worker unreachable; deferring its recipients");
+                if matches!(e, RouteError::Worker(_)) {
+                    warn!(domain, error = %e, "lmtp: worker could not be started; deferring its recipients");
+                } else {
+                    warn!(domain, error = %e, "lmtp: worker unreachable; deferring its recipients");
+                }
                 group.failed = Some(unavailable(why));
                 return group;
             }
