@@ -108,7 +108,17 @@ fn host_config(
     shared: &Path,
     etcd: &str,
     idle: &str,
+    tls: bool,
 ) -> String {
+    let tls = if tls {
+        format!(
+            "[cluster.tls]\nca = \"{shared}/tls/ca.pem\"\ncert = \"{shared}/tls/{name}.pem\"\n\
+             key = \"{shared}/tls/{name}.key\"\n",
+            shared = shared.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"
 [server]
@@ -159,6 +169,7 @@ lease_ttl = "{ttl}s"
 etcd_timeout = "1s"
 relay_timeout = "20s"
 release_grace = "1s"
+{tls}
 "#,
         shared = shared.display(),
         worker = dovecot_worker(),
@@ -169,6 +180,12 @@ release_grace = "1s"
 impl Cluster {
     /// etcd, the shared registry and storage, and the three hosts (idle timeout `idle`).
     fn start(test: &str, idle: &str) -> Option<Cluster> {
+        Cluster::start_with(test, idle, false)
+    }
+
+    /// Like [`Cluster::start`]; with `tls`, the relay runs mutual TLS with certificates
+    /// from a test CA (made with the `openssl` command).
+    fn start_with(test: &str, idle: &str, tls: bool) -> Option<Cluster> {
         if !require_root(test) || !require_program(test, "dovecot") {
             return None;
         }
@@ -177,6 +194,12 @@ impl Cluster {
         let shared = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(shared.path().join("mail")).unwrap();
         fill_registry(&shared.path().join("registry.db"));
+        if tls {
+            if !require_program(test, "openssl") {
+                return None;
+            }
+            make_cluster_ca(&shared.path().join("tls"));
+        }
         let mut c = Cluster {
             etcd,
             shared,
@@ -191,6 +214,7 @@ impl Cluster {
                 c.shared.path(),
                 &c.etcd.endpoint,
                 idle,
+                tls,
             );
             let mut serve = Serve::start(&config);
             serve.wait_for_log("cluster: member", Duration::from_secs(20));
@@ -317,6 +341,83 @@ impl Drop for Cluster {
         for h in &self.hosts {
             remove_cgroups(&h.cgroup_root);
         }
+    }
+}
+
+/// A test CA and a certificate for each host (DNS name = host name, server and client
+/// use) in `dir`.
+fn make_cluster_ca(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=wasmail test cluster CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    for (name, _) in HOSTS {
+        let ext = format!(
+            "subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n\
+             basicConstraints=CA:FALSE\n"
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={name}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&req);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ]);
     }
 }
 
@@ -748,6 +849,61 @@ fn drained_host_takes_no_new_domains_and_its_idle_domains_move() {
         "c back in placement",
         Duration::from_secs(5),
         || table_has("live") && !table_has("draining"),
+        || c.logs(),
+    );
+}
+
+#[test]
+fn relay_with_mutual_tls_forwards_and_refuses_clients_without_a_certificate() {
+    let Some(c) = Cluster::start_with(
+        "cluster::relay_with_mutual_tls_forwards_and_refuses_clients_without_a_certificate",
+        "10m",
+        true,
+    ) else {
+        return;
+    };
+    let domain = "five.test";
+    for (name, _) in HOSTS {
+        let (r, _) = deliver_retrying(&c, name, domain, &format!("tls via {name}"), TTL * 3);
+        assert!(r.starts_with("250 "), "{r}");
+        let h = c.host(name);
+        assert!(imap_inbox(h.ip, h.imap, domain).is_ok(), "IMAP via {name}");
+    }
+    let owner = c.owner(domain).unwrap();
+    assert_eq!(c.worker_starts(domain), vec![owner.as_str()]);
+    assert_eq!(c.maildir(domain).len(), 3);
+    // A plain-text handshake on the owner's relay port is not TLS: nothing is relayed.
+    let log = c.host(&owner).serve.as_ref().unwrap().log_text();
+    let relay: String = log
+        .lines()
+        .find(|l| l.contains("cluster relay listening"))
+        .and_then(|l| l.split("listen=").nth(1))
+        .map(|s| {
+            s.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("inet:")
+                .to_string()
+        })
+        .expect("relay address in the log");
+    let mut s = TcpStream::connect(relay.as_str()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("WASMAIL-RELAY 1 {domain} lmtp\r\n").as_bytes())
+        .unwrap();
+    let mut got = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut got);
+    assert!(!got.contains("OK"), "plain handshake answered: {got:?}");
+    crate::lmtp::wait_until(
+        "the refused handshake is logged",
+        Duration::from_secs(5),
+        || {
+            c.host(&owner)
+                .serve
+                .as_ref()
+                .unwrap()
+                .log_text()
+                .contains("relay: TLS handshake failed")
+        },
         || c.logs(),
     );
 }
