@@ -168,6 +168,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = shutdown_tx.send(true);
+    if let Some(c) = &shared.cluster {
+        c.begin_shutdown();
+    }
     drain(&mut services, grace).await;
     stop_workers(&reaper_stop_tx, reaper).await;
     leave_cluster(&shared).await;

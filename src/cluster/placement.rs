@@ -125,8 +125,10 @@ struct Inner {
 struct State {
     /// This host's current lease.
     lease: Option<i64>,
-    /// This host is drained (its drain key exists) or shutting down.
+    /// This host is drained (its drain key exists).
     draining: bool,
+    /// This host is shutting down (no new domains either).
+    stopping: bool,
     hosts: BTreeMap<String, HostRecord>,
     drained: BTreeSet<String>,
     /// Owner per domain as last seen, with the revision it was seen at (None: deleted).
@@ -297,6 +299,7 @@ impl Inner {
             .collect();
         if let Some(lease) = st.lease
             && !st.draining
+            && !st.stopping
             && !st.drained.contains(self.host())
             && !excluded.contains(self.host())
         {
@@ -627,7 +630,10 @@ impl Inner {
         let lease = bounded("lease grant", t, client.lease_grant(ttl, None))
             .await?
             .id();
-        let draining = self.lock().draining;
+        let draining = {
+            let st = self.lock();
+            st.draining || st.stopping
+        };
         let record = self.record(lease, draining, unix_now());
         let value = serde_json::to_vec(&record).unwrap_or_default();
         bounded(
@@ -730,7 +736,10 @@ impl Inner {
                 () = tokio::time::sleep(pause) => {}
                 () = crate::listen::flipped(leave) => return true,
                 () = self.record_changed.notified() => {
-                    let draining = self.lock().draining;
+                    let draining = {
+                        let st = self.lock();
+                        st.draining || st.stopping
+                    };
                     let since = self.lock().hosts.get(self.host()).map_or_else(unix_now, |r| r.since);
                     let record = self.record(lease, draining, since);
                     let value = serde_json::to_vec(&record).unwrap_or_default();
@@ -915,10 +924,22 @@ impl Cluster {
         false
     }
 
+    /// At the start of a graceful stop: this host takes no new domains (its record says
+    /// draining, so other hosts stop naming it in claims); the domains it owns stay until
+    /// [`Cluster::leave`].
+    pub fn begin_shutdown(&self) {
+        let mut st = self.inner.lock();
+        if !st.stopping {
+            st.stopping = true;
+            drop(st);
+            self.inner.record_changed.notify_one();
+        }
+    }
+
     /// Stops claiming, revokes the lease (every key of this host goes at once) and stops
     /// the background tasks. Call after the workers have stopped.
     pub async fn leave(&self) {
-        self.inner.lock().draining = true;
+        self.inner.lock().stopping = true;
         let left = self.inner.left.notified();
         let _ = self.inner.leave.send(true);
         let _ = tokio::time::timeout(self.inner.section.etcd_timeout * 2, left).await;
