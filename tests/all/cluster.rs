@@ -907,3 +907,155 @@ fn relay_with_mutual_tls_forwards_and_refuses_clients_without_a_certificate() {
         || c.logs(),
     );
 }
+
+/// Restarts a killed private etcd on the same port and data dir (its leases come back).
+fn restart_etcd(etcd: &Etcd) -> std::process::Child {
+    let bin = crate::support::which("etcd").unwrap();
+    let peer = free_port();
+    let log = std::fs::File::create(etcd.dir.path().join("etcd-restart.log")).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("--name=wasmail-test")
+        .arg(format!(
+            "--data-dir={}",
+            etcd.dir.path().join("data").display()
+        ))
+        .arg(format!("--listen-client-urls={}", etcd.endpoint))
+        .arg(format!("--advertise-client-urls={}", etcd.endpoint))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!(
+            "--initial-cluster=wasmail-test=http://127.0.0.1:{peer}"
+        ))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !etcd.health() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "etcd did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn etcd_back_after_an_outage_placement_resumes_without_moving_domains() {
+    let Some(mut c) = Cluster::start(
+        "cluster::etcd_back_after_an_outage_placement_resumes_without_moving_domains",
+        "10m",
+    ) else {
+        return;
+    };
+    let known = "six.test";
+    let (r, _) = deliver_retrying(&c, "b", known, "before the outage", TTL * 3);
+    assert!(r.starts_with("250 "), "{r}");
+    let owner = c.owner(known).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.etcd.kill();
+    let r = deliver(
+        c.host("a").ip,
+        c.host("a").lmtp,
+        "seven.test",
+        "during the outage",
+    );
+    assert!(r.starts_with("451 "), "{r}");
+    // Longer than the lease TTL: etcd restores leases with a fresh TTL when it restarts.
+    std::thread::sleep(TTL + Duration::from_secs(1));
+    let mut etcd = restart_etcd(&c.etcd);
+    let (r, _) = deliver_retrying(&c, "a", "seven.test", "after the outage", TTL * 5);
+    assert!(r.starts_with("250 "), "{r}");
+    let (r, _) = deliver_retrying(&c, "c", known, "known after the outage", TTL * 3);
+    assert!(r.starts_with("250 "), "{r}");
+    assert_eq!(c.owner(known), Some(owner.clone()), "not moved");
+    assert_eq!(c.worker_starts(known), vec![owner.as_str()]);
+    let out = c.ctl("a", &["hosts"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for (name, _) in HOSTS {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("live")),
+            "{name} not live after the outage:\n{table}"
+        );
+    }
+    assert_eq!(c.maildir("seven.test").len(), 1);
+    assert_eq!(c.maildir(known).len(), 2);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}
+
+#[test]
+fn a_host_that_lost_its_lease_gives_way_to_the_new_owner() {
+    let Some(c) = Cluster::start(
+        "cluster::a_host_that_lost_its_lease_gives_way_to_the_new_owner",
+        "10m",
+    ) else {
+        return;
+    };
+    let domain = "eight.test";
+    let (r, _) = deliver_retrying(&c, "a", domain, "first", TTL * 3);
+    assert!(r.starts_with("250 "), "{r}");
+    let owner = c.owner(domain).unwrap();
+    let other = HOSTS.iter().find(|(n, _)| *n != owner).unwrap().0;
+    // As if the owner's lease expired behind its back and another host claimed the domain
+    // before the owner noticed: revoke the lease, put the other host as owner (bound to
+    // the other host's lease, as a claim would).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut e = etcd_client::Client::connect([c.etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        let lease_of = |v: &[u8]| -> i64 {
+            serde_json::from_slice::<serde_json::Value>(v).unwrap()["lease"]
+                .as_i64()
+                .unwrap()
+        };
+        let o = e
+            .get(format!("/wasmail/hosts/{owner}"), None)
+            .await
+            .unwrap();
+        let t = e
+            .get(format!("/wasmail/hosts/{other}"), None)
+            .await
+            .unwrap();
+        let (old, new) = (lease_of(o.kvs()[0].value()), lease_of(t.kvs()[0].value()));
+        e.lease_revoke(old).await.unwrap();
+        e.put(
+            format!("/wasmail/owners/{domain}"),
+            other,
+            Some(etcd_client::PutOptions::new().with_lease(new)),
+        )
+        .await
+        .unwrap();
+    });
+    let owner_log = || c.host(&owner).serve.as_ref().unwrap().log_text();
+    crate::lmtp::wait_until(
+        "the old owner gives the domain up and stops its worker",
+        Duration::from_secs(10),
+        || {
+            owner_log().contains("lost the domain to another host")
+                && owner_log().contains("fastcontainer: worker stopped")
+        },
+        || c.logs(),
+    );
+    crate::lmtp::wait_until(
+        "the old owner registers again",
+        Duration::from_secs(10),
+        || owner_log().matches("cluster: registered").count() >= 2,
+        || c.logs(),
+    );
+    for (name, _) in HOSTS {
+        let (r, _) = deliver_retrying(&c, name, domain, &format!("after via {name}"), TTL * 3);
+        assert!(r.starts_with("250 "), "{r}");
+    }
+    // The domain was placed again (on whichever host the next claim named: the unused
+    // claim for `other` is released after release_grace), with a fresh worker.
+    assert!(c.owner(domain).is_some());
+    assert_eq!(c.worker_starts(domain).len(), 2, "{}", c.logs());
+    assert_eq!(c.maildir(domain).len(), 4);
+}
