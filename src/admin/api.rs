@@ -5,7 +5,7 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/health` | `{"status":"ok","version":..,"services":[..]}` |
-//! | GET | `/metrics` | Prometheus text: `wasmail_up`, plugins, FastContainer counters |
+//! | GET | `/metrics` | Prometheus text: `wasmail_up`, plugins, FastContainer and cluster counters |
 //! | GET | `/workers` | `{"workers":[WorkerView..]}` |
 //! | POST | `/workers/{domain}/prewarm` | starts the worker, waits until ready |
 //! | POST | `/workers/{domain}/stop` | stops its workers (404 if none) |
@@ -496,6 +496,9 @@ impl Admin {
         );
         if let Some(m) = &self.shared.fastcontainer {
             out.push_str(&m.metrics().render_prometheus());
+        }
+        if let Some(c) = &self.shared.cluster {
+            out.push_str(&c.render_prometheus());
         }
         Reply {
             status: StatusCode::OK,

@@ -35,6 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -119,6 +120,21 @@ struct Inner {
     leave: watch::Sender<bool>,
     /// Set once the lease has been revoked.
     left: Notify,
+    counters: Counters,
+}
+
+/// Counters since start, for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    claims_created: AtomicU64,
+    claims_existing: AtomicU64,
+    claim_errors: AtomicU64,
+    relayed_out: AtomicU64,
+    relayed_in: AtomicU64,
+    releases: AtomicU64,
+    lost: AtomicU64,
+    /// False while keep-alives fail.
+    etcd_ok: AtomicBool,
 }
 
 #[derive(Default)]
@@ -343,9 +359,18 @@ impl Inner {
                     st.hosts.remove(*target);
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.counters.claim_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
             };
             let rev = resp.header().map_or(0, |h| h.revision());
+            let which = if resp.succeeded() {
+                &self.counters.claims_created
+            } else {
+                &self.counters.claims_existing
+            };
+            which.fetch_add(1, Ordering::Relaxed);
             let owner = if resp.succeeded() {
                 debug!(domain, owner = %target, "cluster: claimed");
                 target.to_string()
@@ -435,6 +460,7 @@ impl Inner {
                 let rev = resp.header().map_or(0, |h| h.revision());
                 st.owned.remove(domain);
                 Inner::see(&mut st, domain, None, rev);
+                self.counters.releases.fetch_add(1, Ordering::Relaxed);
                 info!(domain, "cluster: released the domain (worker gone, unused)");
             }
             other => {
@@ -455,6 +481,7 @@ impl Inner {
         if !removed {
             return;
         }
+        self.counters.lost.fetch_add(1, Ordering::Relaxed);
         warn!(domain, owner = ?now_owner, "cluster: lost the domain to another host; stopping its worker here");
         if let Some(m) = self.manager.clone() {
             let domain = domain.to_string();
@@ -696,6 +723,7 @@ impl Inner {
                 match bounded("keep-alive", t, client.lease_keep_alive(lease)).await {
                     Ok(k) => keeper = Some(k),
                     Err(e) => {
+                        self.counters.etcd_ok.store(false, Ordering::Relaxed);
                         if failing_since.is_none() {
                             warn!(error = %e, "cluster: etcd unreachable; serving domains with known owners");
                             failing_since = Some(Instant::now());
@@ -711,6 +739,7 @@ impl Inner {
                 .await;
                 match r {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
+                        self.counters.etcd_ok.store(true, Ordering::Relaxed);
                         if let Some(since) = failing_since.take() {
                             info!(after = ?since.elapsed(), "cluster: etcd reachable again");
                         }
@@ -723,6 +752,7 @@ impl Inner {
                         return false;
                     }
                     Ok(None) | Err(_) => {
+                        self.counters.etcd_ok.store(false, Ordering::Relaxed);
                         if failing_since.is_none() {
                             warn!("cluster: etcd unreachable; serving domains with known owners");
                             failing_since = Some(Instant::now());
@@ -894,6 +924,7 @@ impl Cluster {
                 record_changed: Notify::new(),
                 leave,
                 left: Notify::new(),
+                counters: Counters::default(),
             }),
         })
     }
@@ -1106,6 +1137,112 @@ impl Cluster {
         }
         info!(host, drain, "cluster: drain flag set");
         Ok(())
+    }
+
+    /// Counts a session forwarded to another host (the router calls it).
+    pub fn note_relayed_out(&self) {
+        self.inner
+            .counters
+            .relayed_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session another host forwarded here (the relay calls it).
+    pub fn note_relayed_in(&self) {
+        self.inner
+            .counters
+            .relayed_in
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The cluster's Prometheus metrics.
+    pub fn render_prometheus(&self) -> String {
+        let c = &self.inner.counters;
+        let (member, owned, members, drained) = {
+            let st = self.inner.lock();
+            (
+                u64::from(st.lease.is_some()),
+                st.owned.len(),
+                st.hosts.len(),
+                u64::from(st.draining || st.stopping),
+            )
+        };
+        let mut out = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        one(
+            "wasmail_cluster_member",
+            "gauge",
+            "1 while this host holds a live lease.",
+            member.to_string(),
+        );
+        one(
+            "wasmail_cluster_etcd_ok",
+            "gauge",
+            "1 while this host's keep-alives succeed.",
+            u64::from(c.etcd_ok.load(Ordering::Relaxed)).to_string(),
+        );
+        one(
+            "wasmail_cluster_draining",
+            "gauge",
+            "1 while this host takes no new domains (drained or stopping).",
+            drained.to_string(),
+        );
+        one(
+            "wasmail_cluster_hosts",
+            "gauge",
+            "Members in this host's cache.",
+            members.to_string(),
+        );
+        one(
+            "wasmail_cluster_owned_domains",
+            "gauge",
+            "Domains this host owns.",
+            owned.to_string(),
+        );
+        for (name, help, v) in [
+            (
+                "wasmail_cluster_claims_created_total",
+                "Claim transactions that placed a domain.",
+                &c.claims_created,
+            ),
+            (
+                "wasmail_cluster_claims_existing_total",
+                "Claim transactions that found an owner.",
+                &c.claims_existing,
+            ),
+            (
+                "wasmail_cluster_claim_errors_total",
+                "Claim transactions that failed (the session got a 4xx).",
+                &c.claim_errors,
+            ),
+            (
+                "wasmail_cluster_relayed_out_total",
+                "Sessions forwarded to another host.",
+                &c.relayed_out,
+            ),
+            (
+                "wasmail_cluster_relayed_in_total",
+                "Sessions other hosts forwarded here.",
+                &c.relayed_in,
+            ),
+            (
+                "wasmail_cluster_releases_total",
+                "Domains given up after their worker was reaped.",
+                &c.releases,
+            ),
+            (
+                "wasmail_cluster_lost_total",
+                "Domains found owned by another host while running here.",
+                &c.lost,
+            ),
+        ] {
+            one(name, "counter", help, v.load(Ordering::Relaxed).to_string());
+        }
+        out
     }
 
     /// The etcd client (benchmarks and tests read keys through it).

@@ -324,6 +324,7 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
     if client.write_all(ok.encode().as_bytes()).await.is_err() {
         return;
     }
+    cluster.note_relayed_in();
     debug!(peer, domain = %req.domain, socket = %req.socket, pid = lease.pid(), "relay: session relayed to the worker");
     let r = tokio::io::copy_bidirectional(&mut client, &mut worker).await;
     debug!(peer, domain = %req.domain, bytes = ?r.as_ref().ok(), "relay: session ended");

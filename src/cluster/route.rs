@@ -226,6 +226,7 @@ impl Router {
                     let timeout: Duration = cluster.section().relay_timeout;
                     match relay::connect(&host, addr, &req, self.tls.as_deref(), timeout).await {
                         Ok((stream, pid)) => {
+                            cluster.note_relayed_out();
                             return Ok(Routed {
                                 stream,
                                 hold: Hold::Remote { host, pid },

@@ -650,6 +650,22 @@ fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
             h.name
         );
     }
+    // Metrics: the owner counts the relayed sessions in (2 LMTP + 2 IMAP), owns one domain.
+    let metric = |host: &str, name: &str| -> u64 {
+        let out = c.ctl(host, &["metrics"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} from {host}"))
+    };
+    assert_eq!(metric(&owner, "wasmail_cluster_relayed_in_total"), 4);
+    assert_eq!(metric(&owner, "wasmail_cluster_owned_domains"), 1);
+    assert_eq!(metric(&owner, "wasmail_cluster_member"), 1);
+    let out_total: u64 = HOSTS
+        .iter()
+        .map(|(n, _)| metric(n, "wasmail_cluster_relayed_out_total"))
+        .sum();
+    assert_eq!(out_total, 4);
     // The socketmap transport answer of a non-owner points Postfix at the owner's LMTP.
     let other = c.hosts.iter().find(|h| h.name != owner).unwrap();
     let owner_host = c.host(&owner);
