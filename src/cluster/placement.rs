@@ -885,6 +885,11 @@ impl Inner {
                     .map(|(d, _)| d.clone())
                     .collect()
             };
+            if !self.counters.etcd_ok.load(Ordering::Relaxed) {
+                // Nothing can be released while etcd is unreachable; trying would only
+                // hold up the domain's sessions for etcd_timeout each round.
+                continue;
+            }
             for d in candidates {
                 if self.manager.as_ref().is_some_and(|m| m.busy(&d)) {
                     continue;

@@ -1075,3 +1075,44 @@ fn a_host_that_lost_its_lease_gives_way_to_the_new_owner() {
     assert_eq!(c.worker_starts(domain).len(), 2, "{}", c.logs());
     assert_eq!(c.maildir(domain).len(), 4);
 }
+
+/// The `[cluster]` block of docs/cluster.md passes `wasmail check-config` (with a
+/// `[fastcontainer]` section), and a cluster without one is refused naming the key.
+#[test]
+fn documented_cluster_config_checks_and_needs_fastcontainer() {
+    let block = crate::support::docs_fenced("docs/cluster.md", "cluster-config", "toml");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let p = dir.path().join("wasmail.toml");
+        std::fs::write(&p, text).unwrap();
+        std::process::Command::new(crate::support::wasmail_bin())
+            .args(["check-config", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let fc = crate::support::fc_test_worker_section("wasmail-cluster-doc")
+        .replace("{dir}", &dir.path().display().to_string());
+    let out = check(&format!("{block}\n{fc}"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&block);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key `cluster`") && err.contains("[fastcontainer]"),
+        "{err}"
+    );
+    let out = check(&format!(
+        "{}\n{fc}",
+        block
+            .replace("lease_ttl", "x")
+            .replace("# x = \"10s\"", "lease_ttl = \"1s\"")
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.lease_ttl"), "{err}");
+}
