@@ -37,6 +37,10 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 3
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    # The hosts' (now empty) cgroup parents.
+    for d in /sys/fs/cgroup/wasmail-cluster-bench-* /sys/fs/cgroup/*/wasmail-cluster-bench-*; do
+        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
     rm -rf "$W"
 }
 trap cleanup EXIT
