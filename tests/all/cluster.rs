@@ -80,6 +80,7 @@ struct Host {
     ip: &'static str,
     lmtp: u16,
     imap: u16,
+    pop3: u16,
     serve: Option<Serve>,
     cgroup_root: String,
 }
@@ -104,7 +105,7 @@ fn fill_registry(path: &Path) {
 fn host_config(
     name: &str,
     ip: &str,
-    (lmtp, imap, relay): (u16, u16, u16),
+    (lmtp, imap, pop3, relay): (u16, u16, u16, u16),
     shared: &Path,
     etcd: &str,
     idle: &str,
@@ -138,6 +139,7 @@ worker_timeout = "20s"
 
 [proxy]
 imap = "inet:{ip}:{imap}"
+pop3 = "inet:{ip}:{pop3}"
 auth_failure_delay = "100ms"
 
 [admin]
@@ -206,11 +208,11 @@ impl Cluster {
             hosts: Vec::new(),
         };
         for (name, ip) in HOSTS {
-            let (lmtp, imap, relay) = (free_port(), free_port(), free_port());
+            let (lmtp, imap, pop3, relay) = (free_port(), free_port(), free_port(), free_port());
             let config = host_config(
                 name,
                 ip,
-                (lmtp, imap, relay),
+                (lmtp, imap, pop3, relay),
                 c.shared.path(),
                 &c.etcd.endpoint,
                 idle,
@@ -223,6 +225,7 @@ impl Cluster {
                 ip,
                 lmtp,
                 imap,
+                pop3,
                 serve: Some(serve),
                 cgroup_root: format!("wasmail-cluster-{name}"),
             });
@@ -582,6 +585,41 @@ fn imap_inbox(ip: &str, port: u16, domain: &str) -> Result<usize, String> {
     Ok(exists)
 }
 
+/// POP3 login as bob@`domain` through `ip:port` and the message count from `STAT`.
+fn pop3_stat(ip: &str, port: u16, domain: &str) -> Result<usize, String> {
+    let s = TcpStream::connect((ip, port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = || {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l
+    };
+    let greeting = line();
+    if !greeting.starts_with("+OK") {
+        return Err(greeting);
+    }
+    w.write_all(format!("USER bob@{domain}\r\n").as_bytes())
+        .unwrap();
+    let user = line();
+    if !user.starts_with("+OK") {
+        return Err(user);
+    }
+    w.write_all(b"PASS pw-bob\r\n").unwrap();
+    let pass = line();
+    if !pass.starts_with("+OK") {
+        return Err(pass);
+    }
+    w.write_all(b"STAT\r\n").unwrap();
+    let stat = line();
+    w.write_all(b"QUIT\r\n").unwrap();
+    stat.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or(stat)
+}
+
 #[test]
 fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
     let Some(c) = Cluster::start(
@@ -640,6 +678,15 @@ fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
             c.logs()
         );
     }
+    for h in &c.hosts {
+        assert_eq!(
+            pop3_stat(h.ip, h.pop3, domain),
+            Ok(3),
+            "POP3 via {}\n{}",
+            h.name,
+            c.logs()
+        );
+    }
     assert_eq!(c.worker_starts(domain).len(), 1, "still one worker");
     for h in c.hosts.iter().filter(|h| h.name != owner) {
         let log = h.serve.as_ref().unwrap().log_text();
@@ -650,7 +697,8 @@ fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
             h.name
         );
     }
-    // Metrics: the owner counts the relayed sessions in (2 LMTP + 2 IMAP), owns one domain.
+    // Metrics: the owner counts the relayed sessions in (2 LMTP, 2 IMAP, 2 POP3), owns one
+    // domain.
     let metric = |host: &str, name: &str| -> u64 {
         let out = c.ctl(host, &["metrics"]);
         String::from_utf8_lossy(&out.stdout)
@@ -658,14 +706,14 @@ fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
             .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} from {host}"))
     };
-    assert_eq!(metric(&owner, "wasmail_cluster_relayed_in_total"), 4);
+    assert_eq!(metric(&owner, "wasmail_cluster_relayed_in_total"), 6);
     assert_eq!(metric(&owner, "wasmail_cluster_owned_domains"), 1);
     assert_eq!(metric(&owner, "wasmail_cluster_member"), 1);
     let out_total: u64 = HOSTS
         .iter()
         .map(|(n, _)| metric(n, "wasmail_cluster_relayed_out_total"))
         .sum();
-    assert_eq!(out_total, 4);
+    assert_eq!(out_total, 6);
     // The socketmap transport answer of a non-owner points Postfix at the owner's LMTP.
     let other = c.hosts.iter().find(|h| h.name != owner).unwrap();
     let owner_host = c.host(&owner);
