@@ -35,6 +35,9 @@ if [ "${FAVORDYNMODS:-0}" = 1 ]; then FDM=(--favordynmods); fi
 echo "== cgroup favordynmods: $(grep -c favordynmods /proc/mounts) mounts have it before the run"
 "$T/examples/fastcontainer_bench" cold-starts --n "$N" --init "$T/wasmail-container-init" \
     --worker "$PWD/$T/fc-test-worker" "${FDM[@]}"
+# The same with every root built from scratch (`template_roots = false`), for the ratio.
+"$T/examples/fastcontainer_bench" cold-starts --n "$N" --init "$T/wasmail-container-init" \
+    --worker "$PWD/$T/fc-test-worker" --no-template
 if command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ]; then
     "$T/examples/fastcontainer_bench" cold-starts --n "$N_DOVECOT" \
         --init "$T/wasmail-container-init" --dovecot "$PWD/examples/dovecot-worker.conf"

@@ -54,6 +54,9 @@ enum Cmd {
         /// favordynmods = true` does; stays on until reboot).
         #[arg(long)]
         favordynmods: bool,
+        /// Build every root from scratch (`[fastcontainer] template_roots = false`).
+        #[arg(long)]
+        no_template: bool,
     },
     /// RSS and processes of `wasmail serve` with N idle domains.
     IdleDomains {
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             worker,
             dovecot,
             favordynmods,
+            no_template,
         } => {
             if favordynmods {
                 let at = wasmail::fastcontainer::cgroup::favor_dynmods(&std::fs::read_to_string(
@@ -87,7 +91,13 @@ fn main() -> anyhow::Result<()> {
                 )?)?;
                 println!("cgroups: favordynmods on ({})", at.display());
             }
-            cold_starts(n, &init, worker.as_deref(), dovecot.as_deref())
+            cold_starts(
+                n,
+                &init,
+                worker.as_deref(),
+                dovecot.as_deref(),
+                !no_template,
+            )
         }
         Cmd::IdleDomains { n, wasmail } => idle_domains(n, &wasmail),
     }
@@ -116,6 +126,7 @@ fn cold_starts(
     init: &Path,
     worker: Option<&Path>,
     dovecot: Option<&Path>,
+    template_roots: bool,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut mounts = vec!["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]
@@ -141,7 +152,8 @@ fn cold_starts(
     let text = format!(
         "run_root = \"{tmp}/run\"\nstorage_root = \"{tmp}/mail\"\ncgroup_root = \"wasmail-bench\"\n\
          system_mounts = {mounts:?}\nidle = \"fixed\"\nidle_timeout = \"1h\"\n\
-         start_timeout = \"10s\"\n[worker]\n{worker_table}\n",
+         start_timeout = \"10s\"\ntemplate_roots = {template_roots}\n\
+         [worker]\n{worker_table}\n",
         tmp = tmp.path().display()
     );
     let section: FastContainerSection = toml::from_str(&text)?;
@@ -161,6 +173,7 @@ fn cold_starts(
         cgroup_parent: section.cgroup_root.clone().into(),
         roots_dir: tmp.path().join("roots"),
         subreaper: true,
+        template_roots: section.template_roots,
     })?;
     let settings = Settings::from_section(&section);
     let manager = Manager::new(
@@ -205,8 +218,16 @@ fn cold_starts(
     } else {
         "cold start → ready (first answer)"
     };
-    report(&format!("{kind} {what}"), ready);
-    report(&format!("{kind} teardown (SIGTERM → cleaned up)"), teardown);
+    let roots = if template_roots {
+        "template roots"
+    } else {
+        "roots from scratch"
+    };
+    report(&format!("{kind} ({roots}) {what}"), ready);
+    report(
+        &format!("{kind} ({roots}) teardown (SIGTERM → cleaned up)"),
+        teardown,
+    );
     let _ = stop_tx.send(true);
     rt.block_on(reaper)?;
     Ok(())

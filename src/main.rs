@@ -66,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         cmd: wasmail::registry::cli::AliasCmd,
     },
+    /// Export or import the whole registry (to move it between backends or hosts).
+    Registry {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: wasmail::registry::cli::RegistryCmd,
+    },
     /// Talk to a running `wasmail serve` through its admin API.
     Ctl {
         #[command(flatten)]
@@ -139,6 +146,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wasmail::registry::cli::run_mailbox(&load(&config)?, cmd)?
         }
         Command::Alias { config, cmd } => wasmail::registry::cli::run_alias(&load(&config)?, cmd)?,
+        Command::Registry { config, cmd } => {
+            wasmail::registry::cli::run_registry(&load(&config)?, cmd)?
+        }
         Command::Ctl { config, cmd } => wasmail::admin::cli::run(&load(&config)?, cmd)?,
         Command::ContainerInit {
             spec_fd,

@@ -250,6 +250,7 @@ fn start_fastcontainer(
         cgroup_parent: section.cgroup_root.clone().into(),
         roots_dir,
         subreaper: true,
+        template_roots: section.template_roots,
     })
     .context("[fastcontainer]: cannot set up worker cgroups (is cgroupfs mounted and writable?)")?;
     let spawner = std::sync::Arc::new(spawner);
@@ -416,14 +417,13 @@ async fn open_registry(config: &Config) -> anyhow::Result<Option<std::sync::Arc<
         return Ok(None);
     }
     let section = config.registry_section();
-    let path = section.path.clone();
     let live = tokio::task::spawn_blocking(move || Live::open(&section))
         .await
         .context("registry thread")?
         .context("opening the registry")?;
     let snap = live.snapshot();
     info!(
-        path = %path.display(),
+        registry = %live.registry().location(),
         domains = snap.domains.len(),
         mailboxes = snap.mailboxes.len(),
         aliases = snap.aliases.len(),

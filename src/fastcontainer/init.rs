@@ -12,8 +12,13 @@
 //!    ones remounted `MS_RDONLY`; all `nosuid,nodev`; a symlinked source such as Debian's
 //!    `/bin -> usr/bin` is recreated as the same symlink), the run dir, a fresh `/proc`
 //!    (with `/proc/sys` read-only), a minimal `/dev` (null, zero, full, random, urandom
-//!    bound from the host, the fd symlinks, a `/dev/shm` tmpfs) and a `/tmp` tmpfs;
-//! 4. `pivot_root` into it, detach the old root, remount `/` read-only;
+//!    bound from the host, the fd symlinks, a `/dev/shm` tmpfs) and a `/tmp` tmpfs. When
+//!    the spawner prepared a template root for this worker shape ([`build_template`],
+//!    [`InitSpec::template`]), the root is instead one recursive bind of the template
+//!    (read-only tmpfs, system binds, `/dev` nodes, mount points) plus the storage and run
+//!    dir binds, `/proc`, `/dev/shm` and `/tmp`;
+//! 4. `pivot_root` into it, detach the old root, remount `/` read-only (a template root
+//!    is read-only already);
 //! 5. bring `lo` up when the container has its own network namespace;
 //! 6. fork the worker: reset signals, new session, rlimits (`RLIMIT_NOFILE`, no core
 //!    dumps), drop the capability bounding set and ambient set, `setgroups([])`, setgid,
@@ -73,6 +78,11 @@ pub(crate) struct InitSpec {
     pub new_net: bool,
     /// RLIMIT_NOFILE for the worker.
     pub nofile: u64,
+    /// A read-only template root prepared by the spawner in the host's mount namespace
+    /// ([`build_template`]) for this spec's shape: when set, the root is one recursive bind
+    /// of it instead of a fresh tmpfs plus every system bind mount and `/dev` node.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
 }
 
 /// One bind mount of an [`InitSpec`].
@@ -176,7 +186,7 @@ fn setup(spec_fd: RawFd, status_fd: RawFd) -> Result<Pid, Failure> {
     )
     .step(|| "make / private".into())?;
     build_root(&spec)?;
-    pivot(&spec.root)?;
+    pivot(&spec.root, spec.template.is_some())?;
     if spec.new_net {
         loopback_up().step(|| "bring up lo".into())?;
     }
@@ -210,7 +220,9 @@ fn read_spec(fd: RawFd) -> Result<InitSpec, Failure> {
     let mut f = unsafe { fs::File::from_raw_fd(fd) };
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).step(|| "read spec".into())?;
-    serde_json::from_slice(&buf).map_err(|e| Failure::new(format!("parse spec: {e}"), libc::EINVAL))
+    // A fork-like start gets the go byte `G` first (see the spawner's `ChildStart`).
+    let json = buf.strip_prefix(b"G").unwrap_or(&buf);
+    serde_json::from_slice(json).map_err(|e| Failure::new(format!("parse spec: {e}"), libc::EINVAL))
 }
 
 fn mount(
@@ -317,6 +329,40 @@ fn bind(root: &Path, source: &Path, inside: &Path, read_only: bool) -> Result<()
 fn build_root(spec: &InitSpec) -> Result<(), Failure> {
     let root = &spec.root;
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if let Some(template) = &spec.template {
+        // Everything that is the same for every worker of this shape is in the template
+        // (read-only tmpfs, system binds, /dev nodes, mount points): one recursive bind.
+        mount(
+            Some(template),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .step(|| format!("bind template {} on {}", template.display(), root.display()))?;
+        for m in spec.mounts.iter().filter(|m| !m.read_only) {
+            if !is_symlink(&m.source) {
+                bind(root, &m.source, &m.target, false)?;
+            }
+        }
+        bind(root, &spec.run_dir, &spec.run_dir_inside, false)?;
+        let proc_ = root.join("proc");
+        mount_proc(&proc_)?;
+        for (dir, opts, extra) in [
+            ("dev/shm", "mode=1777", MsFlags::MS_NOEXEC),
+            ("tmp", "mode=1777", MsFlags::empty()),
+        ] {
+            mount(
+                None,
+                &root.join(dir),
+                Some("tmpfs"),
+                nosuid_nodev | extra,
+                Some(opts),
+            )
+            .step(|| format!("mount /{dir}"))?;
+        }
+        return Ok(());
+    }
     mount(
         None,
         root,
@@ -331,9 +377,34 @@ fn build_root(spec: &InitSpec) -> Result<(), Failure> {
     bind(root, &spec.run_dir, &spec.run_dir_inside, false)?;
 
     let proc_ = make_dirs(root, Path::new("/proc"), "mount /proc")?;
+    mount_proc(&proc_)?;
+    make_dev(root)?;
+    let shm = make_dirs(root, Path::new("/dev/shm"), "mount /dev/shm")?;
     mount(
         None,
-        &proc_,
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        Some("mode=1777"),
+    )
+    .step(|| "mount /dev/shm".into())?;
+    let tmp = make_dirs(root, Path::new("/tmp"), "mount /tmp")?;
+    mount(None, &tmp, Some("tmpfs"), nosuid_nodev, Some("mode=1777"))
+        .step(|| "mount /tmp".into())?;
+    Ok(())
+}
+
+fn is_symlink(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// A fresh `/proc` for the container's pid namespace on `proc_`, with `/proc/sys` and
+/// `/proc/sysrq-trigger` read-only.
+fn mount_proc(proc_: &Path) -> Result<(), Failure> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        None,
+        proc_,
         Some("proc"),
         nosuid_nodev | MsFlags::MS_NOEXEC,
         None,
@@ -350,7 +421,12 @@ fn build_root(spec: &InitSpec) -> Result<(), Failure> {
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev;
         mount(None, &at, None, ro | MsFlags::MS_NOEXEC, None).step(what)?;
     }
+    Ok(())
+}
 
+/// A minimal `/dev` under `root`: null, zero, full, random, urandom bound from the host and
+/// the fd symlinks (`/dev/shm` is mounted per container).
+fn make_dev(root: &Path) -> Result<(), Failure> {
     let dev = make_dirs(root, Path::new("/dev"), "mount /dev")?;
     for d in ["null", "zero", "full", "random", "urandom"] {
         let host = Path::new("/dev").join(d);
@@ -367,27 +443,91 @@ fn build_root(spec: &InitSpec) -> Result<(), Failure> {
     ] {
         symlink(to, dev.join(name)).step(|| format!("symlink /dev/{name}"))?;
     }
-    let shm = make_dirs(root, Path::new("/dev/shm"), "mount /dev/shm")?;
-    mount(
-        None,
-        &shm,
-        Some("tmpfs"),
-        nosuid_nodev | MsFlags::MS_NOEXEC,
-        Some("mode=1777"),
-    )
-    .step(|| "mount /dev/shm".into())?;
-    let tmp = make_dirs(root, Path::new("/tmp"), "mount /tmp")?;
-    mount(None, &tmp, Some("tmpfs"), nosuid_nodev, Some("mode=1777"))
-        .step(|| "mount /tmp".into())?;
     Ok(())
 }
 
-fn pivot(root: &Path) -> Result<(), Failure> {
+/// Prepares the read-only template root for `spec`'s shape at `at` (an empty directory),
+/// in the calling process's mount namespace (the spawner's, i.e. the host's): a private
+/// tmpfs holding the read-only system binds, the `/dev` nodes and symlinks, and the mount
+/// points of the read-write binds, the run dir, `/proc`, `/dev/shm` and `/tmp`; then the
+/// tmpfs is remounted read-only. Containers of that shape bind it recursively as their
+/// root ([`InitSpec::template`]), which replaces ~14 mount calls and ~20 file operations
+/// per start by one. Undo with [`remove_template`].
+pub(crate) fn build_template(at: &Path, spec: &InitSpec) -> Result<(), Failure> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        None,
+        at,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some("mode=0755,size=1m"),
+    )
+    .step(|| format!("mount tmpfs on {}", at.display()))?;
+    // Nothing mounted below it may propagate to or from the host's other mounts.
+    mount(None, at, None, MsFlags::MS_PRIVATE, None)
+        .step(|| format!("make {} private", at.display()))?;
+    for m in &spec.mounts {
+        if m.read_only {
+            bind(at, &m.source, &m.target, true)?;
+        } else {
+            mount_point(at, &m.source, &m.target)?;
+        }
+    }
+    mount_point(at, &spec.run_dir, &spec.run_dir_inside)?;
+    for d in ["/proc", "/dev/shm", "/tmp"] {
+        make_dirs(at, Path::new(d), &format!("mount {d}"))?;
+    }
+    make_dev(at)?;
+    mount(
+        None,
+        at,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev,
+        None,
+    )
+    .step(|| format!("remount template {} read-only", at.display()))
+}
+
+/// Detaches a template made by [`build_template`] (and everything mounted below it).
+pub(crate) fn remove_template(at: &Path) -> nix::Result<()> {
+    nix::mount::umount2(at, MntFlags::MNT_DETACH)
+}
+
+/// What [`bind`] creates before mounting, without the mount: the directory, the empty file
+/// or the symlink for `source` at `inside`.
+fn mount_point(root: &Path, source: &Path, inside: &Path) -> Result<(), Failure> {
+    let what = format!(
+        "mount point for {} at {}",
+        source.display(),
+        inside.display()
+    );
+    let meta = fs::symlink_metadata(source).step(|| what.clone())?;
+    let parent = inside.parent().unwrap_or(Path::new("/"));
+    let name = inside.file_name().unwrap_or(OsStr::new(""));
+    if meta.file_type().is_symlink() {
+        let link = fs::read_link(source).step(|| format!("{what}: readlink"))?;
+        let at = make_dirs(root, parent, &what)?.join(name);
+        return symlink(&link, &at).step(|| format!("{what}: symlink {}", link.display()));
+    }
+    if meta.is_dir() {
+        make_dirs(root, inside, &what)?;
+    } else {
+        let file = make_dirs(root, parent, &what)?.join(name);
+        fs::File::create(&file).step(|| format!("{what}: create"))?;
+    }
+    Ok(())
+}
+
+fn pivot(root: &Path, template: bool) -> Result<(), Failure> {
     nix::unistd::chdir(root).step(|| format!("chdir {}", root.display()))?;
     nix::unistd::pivot_root(".", ".").step(|| "pivot_root".into())?;
     // The old root is now stacked on top of the new one; detach it.
     nix::mount::umount2(".", MntFlags::MNT_DETACH).step(|| "detach old root".into())?;
     nix::unistd::chdir("/").step(|| "chdir /".into())?;
+    if template {
+        // The template's tmpfs is read-only (and nosuid,nodev) already.
+        return Ok(());
+    }
     let ro = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_RDONLY
@@ -658,6 +798,7 @@ mod tests {
             }],
             new_net: true,
             nofile: 1024,
+            template: None,
         };
         let json = serde_json::to_vec(&spec).unwrap();
         assert_eq!(serde_json::from_slice::<InitSpec>(&json).unwrap(), spec);

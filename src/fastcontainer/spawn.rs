@@ -19,8 +19,12 @@
 //!
 //! [`LinuxWorker`] is the handle: the host pid of the container's PID 1, the cgroup, the
 //! exit pipe (PID 1 writes the worker's exact wait status there before it exits). Every
-//! mount lives in the container's own mount namespace, so nothing needs unmounting on
-//! the host; cleanup removes the cgroup, the run dir and the empty root mount point.
+//! mount of a worker lives in the container's own mount namespace, so nothing needs
+//! unmounting on the host; cleanup removes the cgroup, the run dir and the empty root
+//! mount point. The one host mount is the spawner's read-only template root per worker
+//! shape (`<roots_dir>/.template-<pid>-<n>`, see [`super::init::build_template`]), built
+//! at the first start of that shape and detached when the spawner is dropped (or, after
+//! a crash, when the next spawner starts).
 //!
 //! [`wait_ready`] probes the spec's ready endpoint until it accepts.
 //!
@@ -31,7 +35,7 @@
 //! [`LinuxSpawner::reap_orphans`] collects them. Containers never produce such orphans:
 //! their processes are reparented to their own PID 1.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -65,6 +69,9 @@ pub struct LinuxSpawnerConfig {
     pub roots_dir: PathBuf,
     /// Make the manager a child subreaper (see the module docs). Default true.
     pub subreaper: bool,
+    /// Start workers from a shared read-only template root per worker shape (see
+    /// [`super::init::build_template`]). Default true.
+    pub template_roots: bool,
 }
 
 impl Default for LinuxSpawnerConfig {
@@ -74,6 +81,7 @@ impl Default for LinuxSpawnerConfig {
             cgroup_parent: PathBuf::from("wasmail"),
             roots_dir: PathBuf::from("/run/wasmail/roots"),
             subreaper: true,
+            template_roots: true,
         }
     }
 }
@@ -99,7 +107,53 @@ pub struct LinuxSpawner {
     live: Arc<Mutex<HashSet<i32>>>,
     /// Zombie children seen by the previous [`LinuxSpawner::reap_orphans`].
     zombies: Mutex<HashSet<i32>>,
+    /// Template roots by spec shape ([`TemplateKey`]); `None` when building one failed
+    /// (those specs build their root from scratch; the failure was logged once).
+    templates: Mutex<HashMap<TemplateKey, Option<PathBuf>>>,
 }
+
+/// What a template root depends on: the read-only binds, the kind and place of the
+/// read-write ones and of the run dir. Workers of one configuration share one shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TemplateKey {
+    read_only: Vec<(PathBuf, PathBuf)>,
+    /// (kind of the host source, target inside); kind is `dir`, `file`, `missing` or
+    /// `symlink:<link>` (a symlinked source is recreated as that symlink in the template).
+    read_write: Vec<(String, PathBuf)>,
+    run_dir_inside: PathBuf,
+}
+
+impl TemplateKey {
+    fn of(spec: &InitSpec) -> Self {
+        let kind = |p: &Path| match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => match fs::read_link(p) {
+                Ok(l) => format!("symlink:{}", l.display()),
+                Err(_) => "missing".into(),
+            },
+            Ok(m) if m.is_dir() => "dir".into(),
+            Ok(_) => "file".into(),
+            Err(_) => "missing".into(),
+        };
+        TemplateKey {
+            read_only: spec
+                .mounts
+                .iter()
+                .filter(|m| m.read_only)
+                .map(|m| (m.source.clone(), m.target.clone()))
+                .collect(),
+            read_write: spec
+                .mounts
+                .iter()
+                .filter(|m| !m.read_only)
+                .map(|m| (kind(&m.source), m.target.clone()))
+                .collect(),
+            run_dir_inside: spec.run_dir_inside.clone(),
+        }
+    }
+}
+
+/// Name prefix of template roots in `roots_dir`: `.template-<manager pid>-<n>`.
+const TEMPLATE_PREFIX: &str = ".template-";
 
 fn sys(step: impl Into<String>, source: io::Error) -> ContainerError {
     ContainerError::Sys {
@@ -134,12 +188,60 @@ impl LinuxSpawner {
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|e| errno("prctl PR_SET_CHILD_SUBREAPER", e))?;
         }
+        remove_stale_templates(&config.roots_dir);
         Ok(Self {
             config,
             cgroups,
             live: Arc::default(),
             zombies: Mutex::default(),
+            templates: Mutex::default(),
         })
+    }
+
+    /// The template root for `spec`'s shape, built on first use (see
+    /// [`super::init::build_template`]); `None` when it cannot be built (then every such
+    /// start builds its root from scratch, as before templates existed).
+    fn template_for(&self, spec: &InitSpec) -> Option<PathBuf> {
+        if !self.config.template_roots {
+            return None;
+        }
+        let key = TemplateKey::of(spec);
+        let mut templates = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = templates.get(&key) {
+            return t.clone();
+        }
+        static TEMPLATE_SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = TEMPLATE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let at = self
+            .config
+            .roots_dir
+            .join(format!("{TEMPLATE_PREFIX}{}-{n}", std::process::id()));
+        let built = fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&at)
+            .map_err(|e| format!("mkdir {}: {e}", at.display()))
+            .and_then(|()| {
+                super::init::build_template(&at, spec).map_err(|f| {
+                    let _ = super::init::remove_template(&at);
+                    format!("{}: {}", f.step, io::Error::from_raw_os_error(f.errno))
+                })
+            });
+        let entry = match built {
+            Ok(()) => {
+                tracing::debug!(template = %at.display(), "fastcontainer.template built");
+                Some(at)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir(&at);
+                tracing::warn!(
+                    error = %e,
+                    "cannot prepare a template root; workers build their root from scratch"
+                );
+                None
+            }
+        };
+        templates.insert(key, entry.clone());
+        entry
     }
 
     /// The cgroup tree in use.
@@ -157,9 +259,6 @@ impl LinuxSpawner {
         let name = format!("{}@{}.{seq}", sanitize(&spec.domain), std::process::id());
         let root = self.config.roots_dir.join(&name);
         let init_spec = init_spec(spec, &root);
-        let mut message = vec![b'G'];
-        serde_json::to_writer(&mut message, &init_spec)
-            .map_err(|e| ContainerError::Invalid(format!("spec for {}: {e}", spec.domain)))?;
 
         // Host side: run dir, root mount point, cgroup. `Pending` undoes them on error.
         let mut pending = Pending {
@@ -170,6 +269,11 @@ impl LinuxSpawner {
         make_run_dir(spec)?;
         write_files(spec)?;
         make_storage_dirs(spec)?;
+        let mut init_spec = init_spec;
+        init_spec.template = self.template_for(&init_spec);
+        let mut message = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut message, &init_spec)
+            .map_err(|e| ContainerError::Invalid(format!("spec for {}: {e}", spec.domain)))?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
@@ -197,12 +301,15 @@ impl LinuxSpawner {
         }
 
         // The orphan reaper must never see the child before it is registered as live.
-        let pid = {
+        let (pid, start) = {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            let pid = clone_child(flags as u64, &plan).map_err(|e| errno("clone", e))?;
+            let (pid, start) = clone_child(flags as u64, &plan).map_err(|e| errno("clone", e))?;
             live.insert(pid);
-            pid
+            (pid, start)
         };
+        if start == ChildStart::AfterGo {
+            message.insert(0, b'G');
+        }
         let t_clone = t0.elapsed();
         drop((spec_r, status_w, exit_w));
         let (run_dir, root, cgroup) = pending.disarm();
@@ -218,12 +325,22 @@ impl LinuxSpawner {
             cleaned: false,
         };
         // From here on, dropping `worker` kills and cleans up.
-        worker.cgroup.add_pid(pid as u32)?;
-        let mut spec_w = fs::File::from(spec_w);
-        spec_w
-            .write_all(&message)
-            .map_err(|e| sys("send spec to container-init", e))?;
-        drop(spec_w);
+        let sent = worker.cgroup.add_pid(pid as u32).and_then(|()| {
+            let mut spec_w = fs::File::from(spec_w);
+            spec_w
+                .write_all(&message)
+                .map_err(|e| sys("send spec to container-init", e))
+        });
+        if let Err(e) = sent {
+            // A child started with `ChildStart::Execed` whose exec failed is already gone;
+            // its report on the status pipe says why, better than the attach or send error.
+            if start == ChildStart::Execed
+                && let Ok(Some(f)) = read_status(status_r, Duration::from_millis(200))
+            {
+                return Err(sys(f.step, io::Error::from_raw_os_error(f.errno)));
+            }
+            return Err(e);
+        }
         let t_attach = t0.elapsed();
         match read_status(status_r, spec.start_timeout.max(Duration::from_secs(1))) {
             Ok(None) => {
@@ -236,6 +353,7 @@ impl LinuxSpawner {
                     clone_us = t_clone.as_micros() as u64,
                     attach_us = t_attach.as_micros() as u64,
                     exec_us = t0.elapsed().as_micros() as u64,
+                    start = ?start,
                     "fastcontainer.spawn"
                 );
                 Ok(worker)
@@ -424,6 +542,7 @@ fn init_spec(spec: &WorkerSpec, root: &Path) -> InitSpec {
             .collect(),
         new_net: spec.new_net,
         nofile: spec.nofile,
+        template: None,
     }
 }
 
@@ -476,6 +595,40 @@ fn make_storage_dirs(spec: &WorkerSpec) -> Result<(), ContainerError> {
             .map_err(|e| sys(step(&format!("chown {}:{}", spec.uid, spec.gid)), e))?;
     }
     Ok(())
+}
+
+impl Drop for LinuxSpawner {
+    fn drop(&mut self) {
+        let templates = self.templates.get_mut().unwrap_or_else(|e| e.into_inner());
+        for at in templates.values().flatten() {
+            let _ = super::init::remove_template(at);
+            let _ = fs::remove_dir(at);
+        }
+    }
+}
+
+/// Detaches and removes template roots in `roots_dir` left by managers that are gone
+/// (killed before their spawner was dropped).
+fn remove_stale_templates(roots_dir: &Path) {
+    let Ok(entries) = fs::read_dir(roots_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMPLATE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = super::init::remove_template(&e.path());
+        if fs::remove_dir(e.path()).is_ok() {
+            tracing::info!(template = %e.path().display(), "removed a stale template root");
+        }
+    }
 }
 
 /// Sequence numbers for worker names (cgroups, root mount points) in this process.
@@ -550,9 +703,27 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Clones like `fork` into new namespaces (`flags`); the child runs [`child_after_clone`]
-/// and never returns here. Returns the child's host pid.
-fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
+/// How the cloned child starts container-init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildStart {
+    /// Cloned sharing our memory (`CLONE_VM|CLONE_VFORK`, as `posix_spawn` does): the child
+    /// execs container-init at once, which then blocks reading its spec; the spec is sent
+    /// after the cgroup attach, so no worker code runs outside its cgroup (container-init's
+    /// own start-up, ~1 ms of trusted code, does).
+    Execed,
+    /// Cloned like `fork` (the fallback when the above is refused): the child waits for the
+    /// byte `G` on the spec pipe, sent after the cgroup attach, before it execs.
+    AfterGo,
+}
+
+/// Size of the stack the `CLONE_VM` child runs on until its exec.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Clones into new namespaces (`flags`); the child execs container-init and never returns
+/// here. Returns the child's host pid and how it starts. Tries [`ChildStart::Execed`]
+/// first (no copy of the manager's page tables, no teardown of that copy at the exec: the
+/// manager is a large multi-threaded process), then [`ChildStart::AfterGo`].
+fn clone_child(flags: u64, plan: &ChildPlan) -> Result<(i32, ChildStart), Errno> {
     // No signal handler of the manager may run in the child between clone and exec: block
     // everything around the clone (the child keeps the full mask through the exec;
     // container-init sets its own).
@@ -562,6 +733,43 @@ fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
         Some(&SigSet::all()),
         Some(&mut old),
     )?;
+    let r = clone_vm(flags, plan)
+        .map(|pid| (pid, ChildStart::Execed))
+        .or_else(|_| clone_fork(flags, plan).map(|pid| (pid, ChildStart::AfterGo)));
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    r
+}
+
+/// `clone(CLONE_VM|CLONE_VFORK|flags)` on a stack of its own: this thread sleeps until the
+/// child has exec'd container-init (or failed and exited).
+fn clone_vm(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&ChildPlan` passed below, alive while we run (the parent
+        // is suspended until we exec or exit); see `exec_init`.
+        unsafe { exec_init(&*(arg as *const ChildPlan)) }
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down; align its top to 16 bytes as the ABI requires.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let flags = flags as libc::c_int | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: glibc's clone runs `entry` on `stack` in a child sharing our memory while
+    // this thread is suspended (CLONE_VFORK), so nothing else touches the stack or the
+    // plan meanwhile. `entry` makes only async-signal-safe calls (fcntl, execve, write,
+    // _exit) with all signals blocked, allocates nothing and takes no lock.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top as *mut libc::c_void,
+            flags,
+            plan as *const ChildPlan as *mut libc::c_void,
+        )
+    };
+    drop(stack);
+    if pid < 0 { Err(Errno::last()) } else { Ok(pid) }
+}
+
+/// Clones like `fork`: the child runs [`child_after_clone`].
+fn clone_fork(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -586,15 +794,17 @@ fn clone_child(flags: u64, plan: &ChildPlan) -> Result<i32, Errno> {
         // SAFETY: we are the freshly cloned child; see `child_after_clone`.
         unsafe { child_after_clone(plan) }
     }
-    let e = Errno::last();
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    if r < 0 { Err(e) } else { Ok(r as i32) }
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as i32)
+    }
 }
 
-/// The cloned child, before exec.
+/// The fork-like child, before exec: waits for the go byte, then execs.
 ///
 /// # Safety
-/// Must only be called in the child of [`clone_child`]. The parent is multi-threaded, so
+/// Must only be called in the child of [`clone_fork`]. The parent is multi-threaded, so
 /// this makes only async-signal-safe calls (read, fcntl, execve, write, _exit), allocates
 /// nothing and takes no lock; everything it reads was prepared before the clone.
 unsafe fn child_after_clone(plan: &ChildPlan) -> ! {
@@ -613,6 +823,20 @@ unsafe fn child_after_clone(plan: &ChildPlan) -> ! {
             }
             libc::_exit(1);
         }
+        exec_init(plan)
+    }
+}
+
+/// Execs container-init with the three descriptors inherited; on failure reports errno and
+/// the step on the status pipe and exits 127.
+///
+/// # Safety
+/// Only in a freshly cloned child (either kind): async-signal-safe calls only, on data
+/// prepared before the clone. With `CLONE_VM` the fd table is still the child's own (no
+/// `CLONE_FILES`), so clearing close-on-exec does not touch the parent's descriptors.
+unsafe fn exec_init(plan: &ChildPlan) -> ! {
+    // SAFETY: see the function's safety section.
+    unsafe {
         for fd in [plan.spec_r, plan.status_w, plan.exit_w] {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }
@@ -993,6 +1217,7 @@ mod tests {
             cgroups: CgroupTree::v2(tmp.path(), "x").unwrap(),
             live: Arc::default(),
             zombies: Mutex::default(),
+            templates: Mutex::default(),
         };
         nix::sys::prctl::set_child_subreaper(true).unwrap();
         let pidfile = tmp.path().join("pid");

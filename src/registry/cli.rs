@@ -1,4 +1,4 @@
-//! `wasmail domain|mailbox|alias ...` subcommands.
+//! `wasmail domain|mailbox|alias|registry ...` subcommands.
 //!
 //! Each command opens the registry named by `[registry]` in the configuration file, makes
 //! one change (or reads one snapshot), prints the result and exits; a running
@@ -156,6 +156,95 @@ pub enum AliasCmd {
         /// local@domain, or @domain for the catch-all.
         source: String,
     },
+}
+
+/// `wasmail registry` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RegistryCmd {
+    /// Write everything in the registry (domains, mailboxes with their password hashes,
+    /// aliases) as a versioned JSON document (docs/registry.md).
+    Export {
+        /// Write to this file (created with mode 0600; it holds password hashes) instead
+        /// of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Read a document written by `wasmail registry export` into the registry; refuses
+    /// (writing nothing) when an entry already exists, unless --replace.
+    Import {
+        /// Read from this file instead of standard input.
+        #[arg(long, short, value_name = "FILE")]
+        input: Option<std::path::PathBuf>,
+        /// Overwrite entries that already exist (entries the document does not name are
+        /// kept).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// Runs a `wasmail registry` subcommand.
+pub fn run_registry(config: &Config, cmd: RegistryCmd) -> anyhow::Result<()> {
+    use super::dump::{Dump, import};
+    let reg = open(config)?;
+    match cmd {
+        RegistryCmd::Export { output } => {
+            let snap = reg.snapshot()?;
+            let text = Dump::from_snapshot(&snap).to_json();
+            match output {
+                None => std::io::stdout()
+                    .lock()
+                    .write_all(text.as_bytes())
+                    .context("writing to standard output")?,
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    f.write_all(text.as_bytes())
+                        .and_then(|_| f.sync_all())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "exported {} domain(s), {} mailbox(es), {} alias(es) from {} to {}",
+                        snap.domains.len(),
+                        snap.mailboxes.len(),
+                        snap.aliases.len(),
+                        reg.location(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        RegistryCmd::Import { input, replace } => {
+            let (text, from) = match &input {
+                None => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+                        .context("reading standard input")?;
+                    (text, "standard input".to_string())
+                }
+                Some(path) => (
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                    path.display().to_string(),
+                ),
+            };
+            let dump = Dump::parse(&text).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+            let report = import(&*reg, &dump, replace)?;
+            println!(
+                "imported {} entries into {}: {} added, {} replaced, {} unchanged",
+                report.added + report.replaced + report.unchanged,
+                reg.location(),
+                report.added,
+                report.replaced,
+                report.unchanged
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs a `wasmail domain` subcommand against the registry named in the config file.
@@ -423,17 +512,25 @@ pub fn run_alias(config: &Config, cmd: AliasCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the configured registry; the error says which setting names the file.
+/// Opens the configured registry; the error says which setting names the file or the
+/// etcd endpoints.
 fn open(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
-    super::open(&config.registry_section()).with_context(|| {
+    let section = config.registry_section();
+    super::open(&section).with_context(|| {
         let file = config.source.as_ref().map_or_else(
             || "the configuration".to_string(),
             |p| p.display().to_string(),
         );
-        format!(
-            "cannot open the registry {} (`[registry] path` in {file})",
-            config.registry_section().path.display()
-        )
+        match section.backend {
+            super::config::Backend::Sqlite => format!(
+                "cannot open the registry {} (`[registry] path` in {file})",
+                section.path.display()
+            ),
+            super::config::Backend::Etcd => format!(
+                "cannot open the registry in etcd {} (`[registry] endpoints` in {file})",
+                section.endpoints.join(",")
+            ),
+        }
     })
 }
 

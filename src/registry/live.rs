@@ -7,6 +7,10 @@
 //! process (typically `wasmail domain add ...`) committed a change. A request that loaded
 //! the old snapshot keeps it until it finishes; the next request sees the new one.
 //!
+//! A backend that pushes changes ([`Registry::change_notify`], etcd's watch) wakes the
+//! refresher at once, so a change made on another host is served within milliseconds;
+//! the poll stays as the fallback (e.g. while the watch is down).
+//!
 //! When the backend cannot be read, the old snapshot stays in place and the error is
 //! logged once (with the registry's location) until reads succeed again.
 
@@ -88,11 +92,13 @@ impl Live {
         Ok(true)
     }
 
-    /// Spawns a task that calls [`Live::refresh`] on the blocking pool every `interval`
-    /// until `shutdown` becomes true (or its sender is dropped). Logs `registry changed`
-    /// (info, with the generation and counts) when the snapshot is replaced; logs a
-    /// backend error once, with the registry's location, and keeps serving the old
-    /// snapshot until reads succeed again.
+    /// Spawns a task that calls [`Live::refresh`] on the blocking pool every `interval`,
+    /// and at once whenever the backend's [`Registry::change_notify`] fires, until
+    /// `shutdown` becomes true (or its sender is dropped). Logs `registry changed` (info,
+    /// with the generation and counts) when the snapshot is replaced; logs a backend error
+    /// once per outage (a different error later in the same outage at debug level), with
+    /// the registry's location, and keeps serving the old snapshot until reads succeed
+    /// again.
     pub fn spawn_refresher(
         self: &Arc<Self>,
         interval: Duration,
@@ -101,8 +107,13 @@ impl Live {
         let live = Arc::clone(self);
         let location = self.registry.location();
         let span = tracing::info_span!("registry.refresh", registry = %location);
+        let pushed = self.registry.change_notify();
         tokio::spawn(
             async move {
+                let pushed = async || match &pushed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                };
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 // The first tick completes at once; the first snapshot is fresh already.
@@ -114,6 +125,7 @@ impl Live {
                     }
                     tokio::select! {
                         _ = tick.tick() => {}
+                        _ = pushed() => {}
                         changed = shutdown.changed() => {
                             if changed.is_err() {
                                 break;
@@ -140,15 +152,19 @@ impl Live {
                             }
                         }
                         Ok(Err(e)) => {
+                            // Once per outage: the text may vary while the backend is
+                            // down (etcd: connection refused, then timeouts).
                             let msg = e.to_string();
-                            if failing.as_deref() != Some(msg.as_str()) {
+                            if failing.is_none() {
                                 tracing::error!(
                                     error = %msg,
                                     generation = live.current.load().generation,
                                     "cannot refresh the registry; keeping the previous snapshot"
                                 );
-                                failing = Some(msg);
+                            } else if failing.as_deref() != Some(msg.as_str()) {
+                                tracing::debug!(error = %msg, "registry still unreadable");
                             }
+                            failing = Some(msg);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "registry refresh thread failed");
@@ -217,6 +233,8 @@ mod tests {
     struct Flaky {
         inner: SqliteRegistry,
         fail: std::sync::atomic::AtomicBool,
+        /// Set = a push-style backend.
+        push: Option<Arc<tokio::sync::Notify>>,
     }
 
     impl Flaky {
@@ -250,6 +268,12 @@ mod tests {
         fn add_mailbox(&self, m: &Mailbox) -> crate::registry::Result<()> {
             self.inner.add_mailbox(m)
         }
+        fn update_mailbox(&self, m: &Mailbox) -> crate::registry::Result<()> {
+            self.inner.update_mailbox(m)
+        }
+        fn update_alias(&self, a: &crate::registry::Alias) -> crate::registry::Result<()> {
+            self.inner.update_alias(a)
+        }
         fn set_password(&self, a: &str, h: Option<&str>) -> crate::registry::Result<()> {
             self.inner.set_password(a, h)
         }
@@ -262,6 +286,40 @@ mod tests {
         fn remove_alias(&self, s: &str) -> crate::registry::Result<()> {
             self.inner.remove_alias(s)
         }
+        fn change_notify(&self) -> Option<Arc<tokio::sync::Notify>> {
+            self.push.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pushed_change_is_picked_up_without_waiting_for_the_poll() {
+        let push = Arc::new(tokio::sync::Notify::new());
+        let flaky = Arc::new(Flaky {
+            inner: SqliteRegistry::open_in_memory().unwrap(),
+            fail: false.into(),
+            push: Some(push.clone()),
+        });
+        let live = Live::new(flaky.clone()).unwrap();
+        let (tx, rx) = watch::channel(false);
+        // A poll interval far beyond the test: only the push can refresh.
+        let task = live.spawn_refresher(Duration::from_secs(3600), rx);
+        flaky.add_domain(&domain("a.example")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(live.snapshot().domain("a.example").is_none(), "no push yet");
+        push.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while live.snapshot().domain("a.example").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "push did not refresh"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -269,6 +327,7 @@ mod tests {
         let flaky = Arc::new(Flaky {
             inner: SqliteRegistry::open_in_memory().unwrap(),
             fail: false.into(),
+            push: None,
         });
         let live = Live::new(flaky.clone()).unwrap();
         let (tx, rx) = watch::channel(false);

@@ -2,21 +2,26 @@
 //! plugin chains and settings.
 //!
 //! One trait, [`Registry`], with backends: [`sqlite::SqliteRegistry`] (the embedded
-//! default, one file, schema created and migrated on open); an etcd backend follows for
-//! many hosts. Services never query the backend on their hot path: they read an immutable
-//! [`Snapshot`] held by a [`Live`] handle, which a background task replaces whenever the
-//! backend's [`Registry::generation`] changes (another process, e.g. `wasmail domain add`,
-//! committed a change). So changes take effect without restart, within one refresh
-//! interval.
+//! default, one file, schema created and migrated on open) and [`etcd::EtcdRegistry`]
+//! (many hosts sharing one etcd cluster). Services never query the backend on their hot
+//! path: they read an immutable [`Snapshot`] held by a [`Live`] handle, which a background
+//! task replaces whenever the backend's [`Registry::generation`] changes (another process,
+//! e.g. `wasmail domain add`, committed a change). So changes take effect without restart:
+//! within one refresh interval (polling), or at once for a backend that pushes changes
+//! ([`Registry::change_notify`]: etcd's watch).
 //!
 //! Every backend validates and normalises its input with the functions in [`validate`]
 //! (lower-case names, checked addresses, transports and chains), so values read back are
 //! canonical. Passwords are stored as Dovecot-compatible hashes made by [`password`].
 //! [`config::RegistrySection`] selects the backend; [`cli`] implements the `wasmail domain`,
-//! `mailbox` and `alias` commands on top of the trait.
+//! `mailbox`, `alias` and `registry` commands on top of the trait; [`dump`] is the
+//! versioned JSON export/import format that moves a registry between backends.
+//! docs/registry.md is the operator's guide.
 
 pub mod cli;
 pub mod config;
+pub mod dump;
+pub mod etcd;
 pub mod live;
 pub mod password;
 pub mod sqlite;
@@ -171,6 +176,8 @@ pub trait Registry: Send + Sync + fmt::Debug {
 
     /// Adds a mailbox; its domain must exist.
     fn add_mailbox(&self, mailbox: &Mailbox) -> Result<()>;
+    /// Replaces an existing mailbox's password hash and quota.
+    fn update_mailbox(&self, mailbox: &Mailbox) -> Result<()>;
     /// Sets (or clears) a mailbox's password hash.
     fn set_password(&self, address: &str, hash: Option<&str>) -> Result<()>;
     /// Removes a mailbox.
@@ -178,6 +185,8 @@ pub trait Registry: Send + Sync + fmt::Debug {
 
     /// Adds an alias (or a catch-all `@domain`); its source domain must exist.
     fn add_alias(&self, alias: &Alias) -> Result<()>;
+    /// Replaces an existing alias's targets.
+    fn update_alias(&self, alias: &Alias) -> Result<()>;
     /// Removes an alias.
     fn remove_alias(&self, source: &str) -> Result<()>;
 
@@ -185,11 +194,28 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn location(&self) -> String {
         "registry".to_string()
     }
+
+    /// For a backend that can push changes (etcd's watch): a [`tokio::sync::Notify`] the
+    /// backend signals whenever the registry may have changed, including after a lost
+    /// connection came back (changes may have been missed). [`Live`] then refreshes at
+    /// once instead of waiting for its next poll; polling stays as the fallback. The first
+    /// call starts the watching (so one-shot users such as the CLI never do); None (the
+    /// default) = poll only.
+    fn change_notify(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
-/// Opens the backend that `section` selects (creating an SQLite file if needed).
+/// Opens the backend that `section` selects (creating an SQLite file if needed; for etcd,
+/// without network I/O: the first operation finds out whether etcd answers).
 pub fn open(section: &config::RegistrySection) -> Result<Arc<dyn Registry>> {
     match section.backend {
         config::Backend::Sqlite => Ok(Arc::new(sqlite::SqliteRegistry::open(&section.path)?)),
+        config::Backend::Etcd => Ok(Arc::new(etcd::EtcdRegistry::open(&etcd::EtcdOptions {
+            endpoints: section.endpoints.clone(),
+            prefix: section.prefix.clone(),
+            connect_timeout: section.connect_timeout,
+            request_timeout: section.request_timeout,
+        })?)),
     }
 }

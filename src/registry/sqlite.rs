@@ -478,6 +478,24 @@ impl Registry for SqliteRegistry {
         })
     }
 
+    fn update_mailbox(&self, mailbox: &Mailbox) -> Result<()> {
+        let m = validate::mailbox(mailbox)?;
+        self.write("updating a mailbox", |tx| {
+            let n = tx
+                .tx
+                .execute(
+                    "UPDATE mailboxes SET password_hash = ?2, quota_bytes = ?3
+                     WHERE address = ?1",
+                    params![m.address, m.password_hash, m.quota_bytes.map(|q| q as i64)],
+                )
+                .map_err(tx.err("updating a mailbox"))?;
+            if n == 0 {
+                return Err(RegistryError::NotFound(format!("mailbox {}", m.address)));
+            }
+            Ok(())
+        })
+    }
+
     fn set_password(&self, address: &str, hash: Option<&str>) -> Result<()> {
         let address = validate::mailbox_address(address)?;
         let hash = hash.map(validate::password_hash).transpose()?;
@@ -530,6 +548,23 @@ impl Registry for SqliteRegistry {
                     params![a.source, a.domain(), to_json(&a.targets)],
                 )
                 .map_err(tx.err("adding an alias"))?;
+            Ok(())
+        })
+    }
+
+    fn update_alias(&self, alias: &Alias) -> Result<()> {
+        let a = validate::alias(alias)?;
+        self.write("updating an alias", |tx| {
+            let n = tx
+                .tx
+                .execute(
+                    "UPDATE aliases SET targets = ?2 WHERE source = ?1",
+                    params![a.source, to_json(&a.targets)],
+                )
+                .map_err(tx.err("updating an alias"))?;
+            if n == 0 {
+                return Err(RegistryError::NotFound(format!("alias {}", a.source)));
+            }
             Ok(())
         })
     }

@@ -33,11 +33,17 @@ fn init_exe() -> PathBuf {
 }
 
 fn spawner(tmp: &Path) -> LinuxSpawner {
+    spawner_with(tmp, true)
+}
+
+/// A spawner with or without template roots.
+fn spawner_with(tmp: &Path, template_roots: bool) -> LinuxSpawner {
     LinuxSpawner::new(LinuxSpawnerConfig {
         init_exe: init_exe(),
         cgroup_parent: "wasmail-test".into(),
         roots_dir: tmp.join("roots"),
         subreaper: false,
+        template_roots,
     })
     .unwrap()
 }
@@ -133,9 +139,26 @@ fn wait_exit(w: &mut dyn Worker, within: Duration) -> Exit {
     }
 }
 
+/// The host's mounts, without the spawners' template roots (`<roots_dir>/.template-*`,
+/// one per spawner and worker shape, kept while the spawner lives; tests running in
+/// parallel create and drop their own): nothing of a container may appear here.
 fn mountinfo() -> String {
-    // The mount ids and the list itself; nothing of a container may appear here.
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("/.template-"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Host mounts under `dir` (the test's temp dir), templates included.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
 }
 
 /// After cleanup: no process, no cgroup, no run dir, no root mount point, no mount.
@@ -159,8 +182,22 @@ fn namespaces_mounts_and_dropped_privileges() {
     if !require_root("fastcontainer::namespaces_mounts_and_dropped_privileges") {
         return;
     }
+    namespaces_mounts_and_privileges(true);
+}
+
+/// The same view from inside when every root is built from scratch
+/// (`template_roots = false`).
+#[test]
+fn namespaces_mounts_and_dropped_privileges_without_template() {
+    if !require_root("fastcontainer::namespaces_mounts_and_dropped_privileges_without_template") {
+        return;
+    }
+    namespaces_mounts_and_privileges(false);
+}
+
+fn namespaces_mounts_and_privileges(template: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let spawner = spawner(tmp.path());
+    let spawner = spawner_with(tmp.path(), template);
     let mounts_before = mountinfo();
     let mut spec = worker_spec(tmp.path(), "ns.example", &["ns"]);
     spec.new_net = true;
@@ -238,8 +275,25 @@ fn namespaces_mounts_and_dropped_privileges() {
         wait_exit(&mut w, Duration::from_secs(5)),
         Exit::Signal(libc::SIGKILL)
     );
+    // With templates, the root came from the spawner's read-only template (one per
+    // worker shape), mounted on the host while the spawner lives; without, none exists.
+    let templates = mounts_under(tmp.path());
+    assert_eq!(
+        templates.iter().any(|l| l.contains("/roots/.template-")),
+        template,
+        "template mounts on the host: {templates:#?}"
+    );
     w.cleanup().unwrap();
     assert_gone(&w, &cgroups, &spec, &mounts_before);
+    // Dropping the spawner detaches its template; nothing stays mounted under the test dir.
+    drop(spawner);
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("roots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "roots dir not empty: {left:?}");
 }
 
 #[test]
@@ -402,6 +456,26 @@ fn setup_errors_name_the_step() {
     assert_eq!(step, "exec /usr/bin/no-such-worker");
     assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
 
+    // A PID 1 binary that does not exist: the exec of container-init is the step named
+    // (the child execs it before the cgroup attach, so its report must win over the
+    // attach error), and nothing is left behind.
+    let bad_init = LinuxSpawner::new(LinuxSpawnerConfig {
+        init_exe: tmp.path().join("no-such-init"),
+        cgroup_parent: "wasmail-test".into(),
+        roots_dir: tmp.path().join("roots"),
+        subreaper: false,
+        template_roots: true,
+    })
+    .unwrap();
+    let spec = worker_spec(tmp.path(), "noinit.example", &[]);
+    let err = bad_init.spawn(&spec).unwrap_err();
+    let ContainerError::Sys { step, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(step, "exec container-init");
+    assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+    assert!(!spec.run_dir.exists(), "run dir left behind");
+
     // An invalid spec never reaches the kernel.
     let mut spec = worker_spec(tmp.path(), "relative.example", &[]);
     spec.argv[0] = "worker".into();
@@ -496,6 +570,7 @@ fn cgroup_v2_attach_and_kill() {
             cgroup_parent: "wasmail-test".into(),
             roots_dir: tmp.path().join("roots"),
             subreaper: false,
+            template_roots: true,
         },
         tree,
     )

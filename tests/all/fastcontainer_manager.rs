@@ -74,6 +74,7 @@ stop_grace = "2s"
             cgroup_parent: section.cgroup_root.clone().into(),
             roots_dir: tmp.path().join("roots"),
             subreaper: false,
+            template_roots: section.template_roots,
         })
         .unwrap();
         let settings = Settings::from_section(&section);
@@ -210,9 +211,11 @@ fn first_acquire_spawns_and_idle_reap_leaves_nothing_behind() {
     );
     let cgroups = cgroup_dirs(pid);
     assert!(!cgroups.is_empty(), "worker in a wasmail-test cgroup");
+    // The worker's root mount point (the spawner's shared template root aside).
     let roots: Vec<_> = std::fs::read_dir(fx.tmp.path().join("roots"))
         .unwrap()
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".template-"))
         .map(|e| e.path())
         .collect();
     assert_eq!(roots.len(), 1, "{roots:?}");
@@ -232,11 +235,14 @@ fn first_acquire_spawns_and_idle_reap_leaves_nothing_behind() {
             && cgroups.iter().all(|c| !c.exists())
             && roots.iter().all(|r| !r.exists())
     });
+    // Only the spawner's template root stays mounted (until the spawner is dropped).
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mountinfo.contains(fx.tmp.path().to_str().unwrap()),
-        "no mount left under the test dir:\n{mountinfo}"
-    );
+    let left: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(fx.tmp.path().to_str().unwrap()))
+        .filter(|l| !l.contains("/roots/.template-"))
+        .collect();
+    assert!(left.is_empty(), "mounts left under the test dir: {left:#?}");
     // The storage stays: it is the domain's mail.
     assert!(fx.tmp.path().join("mail/idle.test").is_dir());
     let m = fx.manager.metrics();

@@ -19,6 +19,7 @@ mod plugins_examples;
 mod policy;
 mod proxy;
 mod registry;
+mod registry_etcd;
 mod robustness;
 mod serve;
 mod support;

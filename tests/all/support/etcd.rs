@@ -17,6 +17,9 @@ pub struct Etcd {
     pub endpoint: String,
     /// The client port.
     pub port: u16,
+    /// The peer port.
+    peer: u16,
+    binary: PathBuf,
     child: Child,
 }
 
@@ -36,8 +39,42 @@ impl Etcd {
         let port = free_port();
         let peer = free_port();
         let endpoint = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new(binary)
+        let child = Self::spawn(binary, &dir, &endpoint, peer, false);
+        let mut etcd = Etcd {
+            dir,
+            endpoint,
+            port,
+            peer,
+            binary: binary.to_path_buf(),
+            child,
+        };
+        etcd.wait_healthy(Duration::from_secs(20));
+        etcd
+    }
+
+    /// Starts etcd again after [`Etcd::kill`], on the same ports and data dir (so with the
+    /// same data), and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.binary, &self.dir, &self.endpoint, self.peer, true);
+        self.wait_healthy(Duration::from_secs(20));
+    }
+
+    fn spawn(
+        binary: &std::path::Path,
+        dir: &tempfile::TempDir,
+        endpoint: &str,
+        peer: u16,
+        append: bool,
+    ) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(dir.path().join("etcd.log"))
+            .expect("etcd log");
+        Command::new(binary)
             .arg("--name=wasmail-test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={endpoint}"))
@@ -54,15 +91,7 @@ impl Etcd {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("start etcd");
-        let mut etcd = Etcd {
-            dir,
-            endpoint,
-            port,
-            child,
-        };
-        etcd.wait_healthy(Duration::from_secs(20));
-        etcd
+            .expect("start etcd")
     }
 
     fn wait_healthy(&mut self, limit: Duration) {
