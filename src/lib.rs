@@ -11,10 +11,13 @@
 //! - [`lmtp`]: the LMTP front: Postfix delivers to one socket, recipients go to their
 //!   domain's worker.
 //! - [`fastcontainer`]: per-domain mailbox workers in lightweight containers.
+//! - [`cluster`]: many hosts: membership, worker placement over etcd, and routing
+//!   sessions to the domain's owner host.
 //! - [`proxy`]: the IMAP and POP3 fronts that route logins to the domain's worker.
 //! - [`serve`]: wires the configured services into one tokio process with graceful shutdown.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod dovecot;
 pub mod fastcontainer;

@@ -12,7 +12,11 @@
 //! beside the services and, once they have drained, stops every worker before `serve`
 //! returns. With `[admin]`, the admin API runs as the `admin` service; with `[dovecot]`,
 //! the Dovecot delegation endpoints run as the `dovecot` service. The `[proxy]` and
-//! `[lmtp]` fronts get the manager too: they acquire a domain's worker for its sessions.
+//! `[lmtp]` fronts get a [`Router`] over the manager: they reach a domain's worker for
+//! its sessions. With `[cluster]`, the placement ([`Cluster`]) starts after the manager
+//! (membership, cache sync and release sweep in the background), the host-to-host relay
+//! runs as the `relay` service, the router forwards sessions of domains owned elsewhere,
+//! and after the workers have stopped the host leaves the cluster (its lease is revoked).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +30,8 @@ use tracing::{error, info, warn};
 
 use std::collections::HashMap;
 
+use crate::cluster::tls::RelayTls;
+use crate::cluster::{Cluster, Router};
 use crate::config::Config;
 use crate::fastcontainer::manager::{Manager, Settings};
 use crate::fastcontainer::spawn::{LinuxSpawner, LinuxSpawnerConfig, default_init_exe};
@@ -48,6 +54,12 @@ pub struct Shared {
     pub registry: Option<std::sync::Arc<Live>>,
     /// The FastContainer worker manager, when `[fastcontainer]` is configured.
     pub fastcontainer: Option<Manager>,
+    /// The placement, when `[cluster]` is configured.
+    pub cluster: Option<Cluster>,
+    /// Reaches a domain's worker socket, here or on its owner host.
+    pub router: Router,
+    /// The relay's TLS, when `[cluster.tls]` is configured.
+    pub relay_tls: Option<RelayTls>,
 }
 
 /// How often orphans reparented to `serve` (the child subreaper) are collected.
@@ -91,17 +103,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some((_, spawner)) = &fastcontainer {
         spawn_orphan_reaper(spawner.clone(), shutdown_rx.clone());
     }
+    let manager = fastcontainer.map(|(manager, _)| manager);
+    let (cluster, relay_tls) = match start_cluster(&config, manager.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            stop_workers(&reaper_stop_tx, reaper).await;
+            return Err(e);
+        }
+    };
     let shared = Shared {
         config,
         plugins,
         registry,
-        fastcontainer: fastcontainer.map(|(manager, _)| manager),
+        router: Router::new(manager.clone(), cluster.clone(), relay_tls.clone()),
+        fastcontainer: manager,
+        cluster,
+        relay_tls,
     };
     let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let built = match build_services(&shared, shutdown_rx.clone()).await {
         Ok(built) => built,
         Err(e) => {
             stop_workers(&reaper_stop_tx, reaper).await;
+            leave_cluster(&shared).await;
             return Err(e);
         }
     };
@@ -144,8 +168,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = shutdown_tx.send(true);
+    if let Some(c) = &shared.cluster {
+        c.begin_shutdown();
+    }
     drain(&mut services, grace).await;
     stop_workers(&reaper_stop_tx, reaper).await;
+    leave_cluster(&shared).await;
     info!("wasmail stopped");
     match first_error {
         Some(e) => Err(e),
@@ -240,6 +268,40 @@ fn start_fastcontainer(
     Ok((manager, spawner))
 }
 
+/// With `[cluster]`: connects to etcd, starts membership, sync and sweep, and waits a
+/// little for the first registration (serving starts anyway when etcd is slow: sessions
+/// of unknown domains tempfail until it answers).
+async fn start_cluster(
+    config: &Config,
+    manager: Option<Manager>,
+) -> anyhow::Result<(Option<Cluster>, Option<RelayTls>)> {
+    let Some(section) = config.cluster.clone() else {
+        return Ok((None, None));
+    };
+    let tls = match &section.tls {
+        Some(t) => Some(RelayTls::load(t).context("[cluster.tls]")?),
+        None => None,
+    };
+    let wait = section.etcd_timeout * 2;
+    let cluster = Cluster::new(section, manager)
+        .await
+        .context("[cluster] etcd client")?;
+    cluster.start();
+    if cluster.ready(wait).await {
+        info!(host = %cluster.host(), "cluster: member");
+    } else {
+        warn!(host = %cluster.host(), "cluster: not registered yet (etcd unreachable?); retrying in the background");
+    }
+    Ok((Some(cluster), tls))
+}
+
+/// Leaves the cluster (revokes this host's lease), if it is a member.
+async fn leave_cluster(shared: &Shared) {
+    if let Some(c) = &shared.cluster {
+        c.leave().await;
+    }
+}
+
 /// Collects orphans reparented to this process (the spawner made it a child subreaper)
 /// until shutdown.
 fn spawn_orphan_reaper(spawner: std::sync::Arc<LinuxSpawner>, mut shutdown: watch::Receiver<bool>) {
@@ -278,7 +340,8 @@ async fn build_services(
     if let Some(lookup) = shared.config.lookup.clone() {
         let tables =
             crate::lookup::Tables::new(&lookup, shared.registry.clone(), shared.plugins.clone())
-                .context("[lookup] tables")?;
+                .context("[lookup] tables")?
+                .with_cluster(shared.cluster.clone());
         let service = crate::lookup::service::start(lookup, tables, shutdown.clone())
             .await
             .context("starting the lookup service")?;
@@ -312,12 +375,23 @@ async fn build_services(
             lmtp,
             shared.registry.clone(),
             shared.plugins.clone(),
-            shared.fastcontainer.clone(),
+            shared.router.clone(),
             shutdown.clone(),
         )
         .await
         .context("starting the LMTP front")?;
         services.push(("lmtp", service));
+    }
+    if let Some(cluster) = &shared.cluster {
+        let service = crate::cluster::relay::start(
+            cluster.clone(),
+            shared.fastcontainer.clone(),
+            shared.relay_tls.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the cluster relay")?;
+        services.push(("relay", service));
     }
     if shared.config.admin.is_some() {
         let service = crate::admin::server::start(shared, shutdown.clone())

@@ -5,17 +5,20 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/health` | `{"status":"ok","version":..,"services":[..]}` |
-//! | GET | `/metrics` | Prometheus text: `wasmail_up`, plugins, FastContainer counters |
+//! | GET | `/metrics` | Prometheus text: `wasmail_up`, plugins, FastContainer and cluster counters |
 //! | GET | `/workers` | `{"workers":[WorkerView..]}` |
 //! | POST | `/workers/{domain}/prewarm` | starts the worker, waits until ready |
 //! | POST | `/workers/{domain}/stop` | stops its workers (404 if none) |
 //! | POST | `/workers/{domain}/limits` | `{"memory":"64MiB","cpu":0.5,"pids":100}` (any subset) |
 //! | POST | `/plugins/reload` | reloads plugin files like SIGHUP |
+//! | GET | `/cluster/hosts` | `{"host":..,"hosts":[HostInfo..],"owned":[..]}` (read from etcd) |
+//! | POST | `/cluster/drain/{host}` | drains HOST (`/cluster/undrain/{host}` undoes it) |
 //!
 //! With a token configured every request needs `Authorization: Bearer <token>` (401
 //! otherwise, before the path is even looked at). Errors are `{"error":"..."}`: 400 bad
 //! input (the message names the field), 404 unknown path or no running worker, 405 wrong
-//! method (with `Allow`), 409 worker endpoints without `[fastcontainer]`, 500/502/503
+//! method (with `Allow`), 409 worker endpoints without `[fastcontainer]` (cluster
+//! endpoints without `[cluster]`), 500/502/503
 //! failures of the operation itself.
 
 use std::time::{Duration, Instant};
@@ -161,6 +164,26 @@ pub struct WorkerView {
     pub retry_in_seconds: Option<f64>,
 }
 
+/// `GET /cluster/hosts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostList {
+    /// The host answering.
+    pub host: String,
+    /// Every member and drained host.
+    pub hosts: Vec<crate::cluster::HostInfo>,
+    /// Domains the answering host owns.
+    pub owned: Vec<String>,
+}
+
+/// `POST /cluster/drain/{host}` and `/cluster/undrain/{host}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drained {
+    /// The host.
+    pub host: String,
+    /// Whether it is drained now.
+    pub draining: bool,
+}
+
 /// `GET /workers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerList {
@@ -234,12 +257,14 @@ enum Route<'p> {
     Stop(&'p str),
     Limits(&'p str),
     Reload,
+    Hosts,
+    Drain(&'p str, bool),
 }
 
 impl Route<'_> {
     fn method(&self) -> Method {
         match self {
-            Route::Health | Route::Metrics | Route::Workers => Method::GET,
+            Route::Health | Route::Metrics | Route::Workers | Route::Hosts => Method::GET,
             _ => Method::POST,
         }
     }
@@ -255,6 +280,9 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["workers", d, "stop"] => Route::Stop(d),
         ["workers", d, "limits"] => Route::Limits(d),
         ["plugins", "reload"] => Route::Reload,
+        ["cluster", "hosts"] => Route::Hosts,
+        ["cluster", "drain", h] => Route::Drain(h, true),
+        ["cluster", "undrain", h] => Route::Drain(h, false),
         _ => return None,
     })
 }
@@ -329,6 +357,59 @@ impl Admin {
             Route::Stop(d) => self.stop(d).await,
             Route::Limits(d) => self.limits(d, body),
             Route::Reload => self.reload().await,
+            Route::Hosts => self.hosts().await,
+            Route::Drain(h, on) => self.drain(h, on).await,
+        }
+    }
+
+    fn cluster(&self) -> Result<&crate::cluster::Cluster, Reply> {
+        self.shared.cluster.as_ref().ok_or_else(|| {
+            Reply::error(
+                StatusCode::CONFLICT,
+                "this server has no [cluster] section: it is a single host",
+            )
+        })
+    }
+
+    async fn hosts(&self) -> Reply {
+        let c = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        match c.hosts().await {
+            Ok(hosts) => Reply::json(
+                StatusCode::OK,
+                &HostList {
+                    host: c.host().to_string(),
+                    hosts,
+                    owned: c.owned(),
+                },
+            ),
+            Err(e) => Reply::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    async fn drain(&self, host: &str, on: bool) -> Reply {
+        let c = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !crate::cluster::config::valid_host_name(host) {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("host: not a host name: {host:?}"),
+            );
+        }
+        info!(host, drain = on, "admin: drain");
+        match c.drain(host, on).await {
+            Ok(()) => Reply::json(
+                StatusCode::OK,
+                &Drained {
+                    host: host.to_string(),
+                    draining: on,
+                },
+            ),
+            Err(e) => Reply::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 
@@ -415,6 +496,9 @@ impl Admin {
         );
         if let Some(m) = &self.shared.fastcontainer {
             out.push_str(&m.metrics().render_prometheus());
+        }
+        if let Some(c) = &self.shared.cluster {
+            out.push_str(&c.render_prometheus());
         }
         Reply {
             status: StatusCode::OK,
@@ -781,7 +865,10 @@ mod tests {
             config,
             plugins: None,
             registry: None,
+            router: crate::cluster::Router::new(manager.clone(), None, None),
             fastcontainer: manager,
+            cluster: None,
+            relay_tls: None,
         };
         let token = token.then(|| Secret::new(TOKEN.into()));
         Api {

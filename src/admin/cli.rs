@@ -8,7 +8,8 @@ use hyper::Method;
 use serde::de::DeserializeOwned;
 
 use super::api::{
-    Health, LimitsChanged, LimitsView, Prewarmed, Reloaded, Stopped, WorkerList, WorkerView,
+    Drained, Health, HostList, LimitsChanged, LimitsView, Prewarmed, Reloaded, Stopped, WorkerList,
+    WorkerView,
 };
 use super::client::Client;
 use crate::config::Config;
@@ -54,6 +55,21 @@ pub enum CtlCmd {
     Metrics,
     /// Print the server's version and services.
     Health,
+    /// List the cluster's hosts (from etcd): address, capacity, live, drained, domains.
+    Hosts {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain HOST: no new domains are placed there; its workers are reaped when idle and
+    /// their domains re-placed on other hosts. `--undo` takes it back into placement.
+    Drain {
+        /// The host name (its `[cluster] host`).
+        host: String,
+        /// Undrain instead.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// Runs a `wasmail ctl` subcommand against the server configured in `config`.
@@ -148,6 +164,31 @@ async fn ctl(client: &Client, cmd: CtlCmd) -> anyhow::Result<()> {
             let answer = client.request(Method::GET, "/metrics", None).await?;
             print!("{}", String::from_utf8_lossy(&answer.body));
         }
+        CtlCmd::Hosts { json } => {
+            let answer = client.request(Method::GET, "/cluster/hosts", None).await?;
+            if json {
+                let value: serde_json::Value = serde_json::from_slice(&answer.body)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let list: HostList = decode(&answer.body)?;
+                print!("{}", hosts_table(&list));
+            }
+        }
+        CtlCmd::Drain { host, undo } => {
+            if !crate::cluster::config::valid_host_name(&host) {
+                anyhow::bail!("not a host name: {host:?}");
+            }
+            let verb = if undo { "undrain" } else { "drain" };
+            let d: Drained = post(client, &format!("/cluster/{verb}/{host}"), None).await?;
+            if d.draining {
+                println!(
+                    "{}: draining (no new domains; idle workers move elsewhere)",
+                    d.host
+                );
+            } else {
+                println!("{}: back in placement", d.host);
+            }
+        }
         CtlCmd::Health => {
             let answer = client.request(Method::GET, "/health", None).await?;
             let h: Health = decode(&answer.body)?;
@@ -184,6 +225,57 @@ async fn post<T: DeserializeOwned>(
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(body).context("unexpected answer from the admin API")
+}
+
+/// `wasmail ctl hosts` as an aligned table.
+pub fn hosts_table(list: &HostList) -> String {
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "RELAY".into(),
+        "LMTP".into(),
+        "CAPACITY".into(),
+        "STATE".into(),
+        "DOMAINS".into(),
+    ]];
+    for h in &list.hosts {
+        let state = match (h.live, h.drained) {
+            (true, false) => "live",
+            (true, true) => "live,draining",
+            (false, true) => "down,drained",
+            (false, false) => "down",
+        };
+        let name = if h.host == list.host {
+            format!("{}*", h.host)
+        } else {
+            h.host.clone()
+        };
+        rows.push([
+            name,
+            if h.relay.is_empty() {
+                "-".into()
+            } else {
+                h.relay.clone()
+            },
+            h.lmtp.clone().unwrap_or_else(|| "-".into()),
+            h.capacity.to_string(),
+            state.into(),
+            h.domains.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The workers as an aligned table.

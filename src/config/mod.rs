@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use locate::Locator;
 
 use crate::admin::config::AdminSection;
+use crate::cluster::config::ClusterSection;
 use crate::dovecot::config::DovecotSection;
 use crate::fastcontainer::config::FastContainerSection;
 use crate::host::config::{PluginEntry, PluginsSection};
@@ -71,6 +72,9 @@ pub struct Config {
     /// Dovecot delegation endpoints (auth policy, Lua passdb, post-login, events);
     /// absent = not started.
     pub dovecot: Option<DovecotSection>,
+    /// Many hosts: membership and worker placement over etcd, and the host-to-host relay;
+    /// absent = a single host. Needs `[fastcontainer]`.
+    pub cluster: Option<ClusterSection>,
     /// Where this configuration was read from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -321,6 +325,16 @@ impl Config {
         if let Some(d) = &self.dovecot {
             d.validate("dovecot", &plugin_exists, v);
         }
+        if let Some(c) = &self.cluster {
+            c.validate("cluster", v);
+            if self.fastcontainer.is_none() {
+                v.error(
+                    "cluster",
+                    "a cluster member runs the workers of the domains it owns: add a \
+                     [fastcontainer] section",
+                );
+            }
+        }
     }
 
     /// The `[registry]` section, or its defaults when the file has none.
@@ -359,6 +373,9 @@ impl Config {
         }
         if self.dovecot.is_some() {
             s.push("dovecot");
+        }
+        if self.cluster.is_some() {
+            s.push("relay");
         }
         s
     }

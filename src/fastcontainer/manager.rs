@@ -610,6 +610,15 @@ impl Manager {
         Ok(runs.len())
     }
 
+    /// True while `domain` has a worker in any state or a start in flight: the cluster
+    /// placement keeps owning a domain until this turns false.
+    pub fn busy(&self, domain: &str) -> bool {
+        self.shared.get(domain).is_some_and(|d| {
+            let g = lock(&d.inner);
+            !g.slots.is_empty() || g.starting.is_some()
+        })
+    }
+
     /// Every worker, and every domain seen without one (Cold or Starting), sorted by
     /// domain. Reads each worker's usage from its cgroup.
     pub fn list(&self) -> Vec<WorkerInfo> {

@@ -6,10 +6,11 @@
 //! 2. the `delivery` hook chain (`[lmtp] hooks`, then the domain's registry `hook` chain)
 //!    runs: `deny` → `550 5.7.1` with the plugin's text, a failed plugin with
 //!    `on_error = "tempfail"` → `451 4.3.0`, `delay` → the front waits first;
-//! 3. at the domain's first recipient in the transaction, the domain's worker is acquired
-//!    from the FastContainer manager (started if cold; the lease is held until the
-//!    transaction ends) and an LMTP session to its `worker_socket` is opened with the
-//!    same `MAIL FROM`. If that fails, the recipient, and every later one of that domain
+//! 3. at the domain's first recipient in the transaction, the domain's worker is reached
+//!    through the [`Router`]: on this host, acquired from the FastContainer manager
+//!    (started if cold; the lease is held until the transaction ends), or, with
+//!    `[cluster]`, on the domain's owner host through its relay; an LMTP session to its
+//!    `worker_socket` is opened with the same `MAIL FROM`. If that fails, the recipient, and every later one of that domain
 //!    in the transaction, gets `451 4.3.0` (Postfix retries them; other domains are not
 //!    affected);
 //! 4. the recipient is sent to the worker, and the worker's refusal (e.g. `550 5.1.1`
@@ -22,7 +23,6 @@
 //! logged on one line (`lmtp: delivery`) with the running counts.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +37,7 @@ use tracing::{debug, info, warn};
 use super::config::LmtpSection;
 use super::protocol::{Limits, Reply, Session, Step, Transaction};
 use super::worker::WorkerConn;
-use crate::fastcontainer::Endpoint;
-use crate::fastcontainer::manager::{Lease, Manager};
+use crate::cluster::{Hold, RouteError, Router};
 use crate::host::calls::{HookEvent, HookSession};
 use crate::host::set::PluginHost;
 use crate::listen;
@@ -66,7 +65,7 @@ pub struct Front {
     worker_timeout: Duration,
     local: String,
     registry: Option<Arc<Live>>,
-    manager: Option<Manager>,
+    router: Router,
     hooks: HookChain,
     /// Recipient outcomes so far.
     pub counters: Counters,
@@ -76,7 +75,7 @@ pub struct Front {
 struct Group {
     domain: String,
     /// Held while the worker connection is open: the worker is not reaped meanwhile.
-    _lease: Option<Lease>,
+    _hold: Option<Hold>,
     conn: Option<WorkerConn>,
     /// Set when the worker could not be reached: the answer for the domain's recipients.
     failed: Option<Reply>,
@@ -90,7 +89,7 @@ impl Front {
         section: &LmtpSection,
         registry: Option<Arc<Live>>,
         plugins: Option<Arc<PluginHost>>,
-        manager: Option<Manager>,
+        router: Router,
         local: String,
     ) -> Front {
         Front {
@@ -105,7 +104,7 @@ impl Front {
             local,
             hooks: HookChain::new(plugins, registry.clone(), section.hooks.clone()),
             registry,
-            manager,
+            router,
             counters: Counters::default(),
         }
     }
@@ -199,11 +198,12 @@ impl Front {
         }
     }
 
-    /// Acquires `domain`'s worker and opens an LMTP transaction on it.
+    /// Reaches `domain`'s worker (here or on its owner host) and opens an LMTP
+    /// transaction on it.
     async fn open_group(&self, domain: &str, tx: &Transaction) -> Group {
         let mut group = Group {
             domain: domain.to_string(),
-            _lease: None,
+            _hold: None,
             conn: None,
             failed: None,
             accepted: Vec::new(),
@@ -215,36 +215,47 @@ impl Front {
                 format!("Mailbox worker for {domain} unavailable ({why}), try again later"),
             )
         };
-        let Some(manager) = &self.manager else {
-            warn!(
-                domain,
-                "lmtp: no [fastcontainer] section: no worker to deliver to"
-            );
-            group.failed = Some(unavailable("no workers configured"));
-            return group;
-        };
         let started = Instant::now();
-        let lease = match manager.acquire(domain).await {
-            Ok(l) => l,
+        let routed = match self.router.open(domain, &self.worker_socket).await {
+            Ok(r) => r,
             Err(e) => {
-                warn!(domain, error = %e, "lmtp: worker could not be started; deferring its recipients");
-                group.failed = Some(unavailable("start failed"));
+                let why = match &e {
+                    RouteError::NoWorkers => "no workers configured",
+                    RouteError::Worker(_) => "start failed",
+                    RouteError::TcpEndpoint(_) => "no LMTP socket",
+                    RouteError::Connect { .. } => "worker not answering",
+                    RouteError::Cluster(_) => "placement or owner host unavailable",
+                };
+                if matches!(e, RouteError::Worker(_)) {
+                    warn!(domain, error = %e, "lmtp: worker could not be started; deferring its recipients");
+                } else {
+                    warn!(domain, error = %e, "lmtp: worker unreachable; deferring its recipients");
+                }
+                group.failed = Some(unavailable(why));
                 return group;
             }
         };
-        let path = match lease.endpoint() {
-            Endpoint::Unix(ready) => ready.with_file_name(&self.worker_socket),
-            Endpoint::Tcp(addr) => {
-                warn!(domain, %addr, "lmtp: the worker has a TCP endpoint; the LMTP front needs a unix one");
-                group.failed = Some(unavailable("no LMTP socket"));
-                return group;
-            }
+        let label = match routed.remote_host() {
+            Some(host) => format!("{domain} {} via {host}", self.worker_socket),
+            None => format!("{domain} {}", self.worker_socket),
         };
-        match self.connect(&path, tx).await {
+        let pid = routed.pid();
+        let remote = routed.remote_host().map(str::to_string);
+        let crate::cluster::Routed { stream, hold } = routed;
+        match WorkerConn::open(
+            stream,
+            &label,
+            &self.hostname,
+            self.worker_timeout,
+            &tx.sender,
+            tx.body,
+        )
+        .await
+        {
             Ok(conn) => {
-                debug!(domain, pid = lease.pid(), waited = ?started.elapsed(), "lmtp: worker session open");
+                debug!(domain, pid, owner = ?remote, waited = ?started.elapsed(), "lmtp: worker session open");
                 group.conn = Some(conn);
-                group._lease = Some(lease);
+                group._hold = Some(hold);
             }
             Err(e) => {
                 warn!(domain, error = %e, "lmtp: cannot open an LMTP session with the worker");
@@ -252,21 +263,6 @@ impl Front {
             }
         }
         group
-    }
-
-    async fn connect(
-        &self,
-        path: &Path,
-        tx: &Transaction,
-    ) -> Result<WorkerConn, super::worker::WorkerError> {
-        WorkerConn::open(
-            path,
-            &self.hostname,
-            self.worker_timeout,
-            &tx.sender,
-            tx.body,
-        )
-        .await
     }
 
     /// Hands the message to every group, all groups at once (a slow worker does not hold
@@ -385,7 +381,7 @@ pub async fn start(
     section: LmtpSection,
     registry: Option<Arc<Live>>,
     plugins: Option<Arc<PluginHost>>,
-    manager: Option<Manager>,
+    router: Router,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<ServiceFuture> {
     let listener = listen::bind(
@@ -395,13 +391,13 @@ pub async fn start(
     )
     .await?;
     let local = listen::local(&listener);
-    if manager.is_none() {
+    if !router.can_route() {
         warn!("[lmtp] without [fastcontainer]: every hosted recipient is deferred (no workers)");
     }
     info!(listen = %local, hooks = ?section.hooks, worker_socket = %section.worker_socket, "lmtp listening");
     let limit = Arc::new(Semaphore::new(section.max_connections));
     let idle = section.idle_timeout;
-    let front = Arc::new(Front::new(&section, registry, plugins, manager, local));
+    let front = Arc::new(Front::new(&section, registry, plugins, router, local));
     Ok(Box::pin(listen::serve(
         "lmtp",
         listener,

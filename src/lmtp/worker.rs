@@ -2,18 +2,20 @@
 //! transaction (greeting, `LHLO`, `MAIL FROM`, a `RCPT TO` per recipient, then `DATA`
 //! and one reply per accepted recipient).
 //!
+//! The connection is a [`WorkerStream`]: the worker's unix socket on this host, or a relay
+//! to the domain's owner host (the LMTP dialogue is the same either way).
+//!
 //! Every wait is bounded by the timeout given to [`WorkerConn::open`]; any I/O error,
 //! timeout or unparsable reply is a [`WorkerError`] and the connection is unusable after
 //! it (the caller defers the recipients that have no answer yet).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 use super::protocol::{Body, Reply};
+use crate::cluster::WorkerStream;
 
 /// Longest reply line accepted from a worker.
 const MAX_REPLY_LINE: usize = 4096;
@@ -22,31 +24,31 @@ const MAX_REPLY_LINE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Connecting, reading or writing failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {worker}: {source}")]
     Io {
         /// What was being done.
         op: &'static str,
-        /// The worker's socket.
-        path: PathBuf,
+        /// The worker (domain and socket, and the host when relayed).
+        worker: String,
         /// The OS error.
         source: std::io::Error,
     },
     /// No answer in time.
-    #[error("{op} {path}: no answer within {timeout:?}")]
+    #[error("{op} {worker}: no answer within {timeout:?}")]
     Timeout {
         /// What was being waited for.
         op: &'static str,
-        /// The worker's socket.
-        path: PathBuf,
+        /// The worker.
+        worker: String,
         /// The limit.
         timeout: Duration,
     },
     /// The worker said something that is not an LMTP reply, or refused a step of the
     /// session setup.
-    #[error("{path}: {what}")]
+    #[error("{worker}: {what}")]
     Protocol {
-        /// The worker's socket.
-        path: PathBuf,
+        /// The worker.
+        worker: String,
         /// What went wrong, with the worker's words.
         what: String,
     },
@@ -55,37 +57,27 @@ pub enum WorkerError {
 /// An open LMTP session with a worker, inside one mail transaction.
 #[derive(Debug)]
 pub struct WorkerConn {
-    stream: UnixStream,
-    path: PathBuf,
+    stream: WorkerStream,
+    worker: String,
     buf: BytesMut,
     timeout: Duration,
 }
 
 impl WorkerConn {
-    /// Connects to `path`, reads the greeting, sends `LHLO hostname` and
-    /// `MAIL FROM:<sender>` (with `BODY=` when not 7-bit and the worker offers it).
+    /// Over `stream` (connected to the worker's LMTP socket; `worker` names it in errors):
+    /// reads the greeting, sends `LHLO hostname` and `MAIL FROM:<sender>` (with `BODY=`
+    /// when not 7-bit and the worker offers it).
     pub async fn open(
-        path: &Path,
+        stream: WorkerStream,
+        worker: &str,
         hostname: &str,
         timeout: Duration,
         sender: &str,
         body: Body,
     ) -> Result<WorkerConn, WorkerError> {
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
-            .await
-            .map_err(|_| WorkerError::Timeout {
-                op: "connect to",
-                path: path.to_path_buf(),
-                timeout,
-            })?
-            .map_err(|source| WorkerError::Io {
-                op: "connect to",
-                path: path.to_path_buf(),
-                source,
-            })?;
         let mut c = WorkerConn {
             stream,
-            path: path.to_path_buf(),
+            worker: worker.to_string(),
             buf: BytesMut::with_capacity(1024),
             timeout,
         };
@@ -158,7 +150,7 @@ impl WorkerConn {
             return Ok(());
         }
         Err(WorkerError::Protocol {
-            path: self.path.clone(),
+            worker: self.worker.clone(),
             what: format!("{step} refused: {r}"),
         })
     }
@@ -168,12 +160,12 @@ impl WorkerConn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(WorkerError::Io {
                 op: "write to",
-                path: self.path.clone(),
+                worker: self.worker.clone(),
                 source,
             }),
             Err(_) => Err(WorkerError::Timeout {
                 op: "write to",
-                path: self.path.clone(),
+                worker: self.worker.clone(),
                 timeout: self.timeout,
             }),
         }
@@ -187,7 +179,7 @@ impl WorkerConn {
             let last = line.as_bytes().get(3) != Some(&b'-');
             if last {
                 let r = Reply::parse(&line).ok_or_else(|| WorkerError::Protocol {
-                    path: self.path.clone(),
+                    worker: self.worker.clone(),
                     what: format!("not an LMTP reply: {line:?}"),
                 })?;
                 lines.push(line);
@@ -206,7 +198,7 @@ impl WorkerConn {
             }
             if self.buf.len() > MAX_REPLY_LINE {
                 return Err(WorkerError::Protocol {
-                    path: self.path.clone(),
+                    worker: self.worker.clone(),
                     what: "reply line too long".into(),
                 });
             }
@@ -216,7 +208,7 @@ impl WorkerConn {
                 Ok(Ok(0)) => {
                     return Err(WorkerError::Io {
                         op,
-                        path: self.path.clone(),
+                        worker: self.worker.clone(),
                         source: std::io::ErrorKind::UnexpectedEof.into(),
                     });
                 }
@@ -224,14 +216,14 @@ impl WorkerConn {
                 Ok(Err(source)) => {
                     return Err(WorkerError::Io {
                         op,
-                        path: self.path.clone(),
+                        worker: self.worker.clone(),
                         source,
                     });
                 }
                 Err(_) => {
                     return Err(WorkerError::Timeout {
                         op,
-                        path: self.path.clone(),
+                        worker: self.worker.clone(),
                         timeout: self.timeout,
                     });
                 }

@@ -16,7 +16,11 @@
 //!   idiom). A bare domain key (Postfix's `virtual_alias_domains` probe) is never found, so
 //!   registry domains stay virtual *mailbox* domains.
 //! - `transport_maps`: the domain's `transport`, for the address's domain; `*` and parent
-//!   domains are not found (Postfix's default transport applies).
+//!   domains are not found (Postfix's default transport applies). With `[cluster]`, a
+//!   registry domain without a `transport` whose known owner is another host advertising
+//!   an LMTP address answers `lmtp:inet:<that address>`, so Postfix delivers straight to
+//!   the owner (from the watched cache: no etcd round trip; an unknown owner is not
+//!   found, and the local LMTP front places and forwards).
 //! - `smtpd_sender_login_maps`: a mailbox → its own address (the SASL login name); an
 //!   alias → those of its targets that are mailboxes.
 
@@ -135,6 +139,7 @@ pub struct Tables {
     registry: Option<Arc<Live>>,
     plugins: Option<Arc<PluginHost>>,
     pool: TablePool,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Why [`Tables::new`] refused the configuration.
@@ -187,7 +192,29 @@ impl Tables {
             registry,
             plugins,
             pool: TablePool::new(section.instance_pool, section.instance_max_uses),
+            cluster: None,
         })
+    }
+
+    /// Lets `transport_maps` point Postfix at a domain's owner host.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Tables {
+        self.cluster = cluster;
+        self
+    }
+
+    /// `lmtp:inet:<owner's LMTP>` for a registry domain (without its own transport) that
+    /// another host owns and advertises an LMTP address for.
+    fn owner_transport(&self, b: Builtin, snap: &Snapshot, key: &str) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        if b != Builtin::Transport || key.contains('@') || key.starts_with('.') || key == "*" {
+            return None;
+        }
+        snap.domain(key)?;
+        let (owner, lmtp) = cluster.known_owner(key)?;
+        if owner == cluster.host() {
+            return None;
+        }
+        Some(format!("lmtp:inet:{}", lmtp?))
     }
 
     /// True when `table` is served.
@@ -222,7 +249,10 @@ impl Tables {
                 let snap = live.snapshot();
                 candidates(b.search(), &folded, &self.delimiters)
                     .iter()
-                    .find_map(|k| b.answer(&snap, k))
+                    .find_map(|k| {
+                        b.answer(&snap, k)
+                            .or_else(|| self.owner_transport(*b, &snap, k))
+                    })
                     .map_or(Answer::NotFound, Answer::Found)
             }
             Binding::Plugin { name, search } => {

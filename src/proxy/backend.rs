@@ -1,18 +1,18 @@
-//! Logging in at the worker: connect to its IMAP or POP3 unix socket, read the greeting,
+//! Logging in at the worker: over a connection to its IMAP or POP3 socket (a
+//! [`WorkerStream`]: the unix socket here, or a relay to the owner host), read the greeting,
 //! authenticate with SASL PLAIN and an initial response (`AUTHENTICATE PLAIN` with
 //! SASL-IR for IMAP, `AUTH PLAIN` for POP3: one round trip, and any password a client
 //! could send fits), and check the answer. The worker treats unix-socket clients as
 //! secured, so plaintext authentication is allowed there.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 use super::Protocol;
 use super::sasl::encode_plain;
+use crate::cluster::WorkerStream;
 use crate::registry::password::Secret;
 
 /// Longest line accepted from the worker during login.
@@ -24,10 +24,10 @@ const TAG: &str = "W1";
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// Connecting, reading or writing failed.
-    #[error("worker socket {}: {source}", path.display())]
+    #[error("worker {worker}: {source}")]
     Io {
-        /// The socket.
-        path: PathBuf,
+        /// The worker (domain and socket, and the host when relayed).
+        worker: String,
         /// The error.
         source: std::io::Error,
     },
@@ -46,7 +46,7 @@ pub enum BackendError {
 #[derive(Debug)]
 pub struct Backend {
     /// The connection, ready to splice.
-    pub stream: UnixStream,
+    pub stream: WorkerStream,
     /// IMAP untagged lines the worker sent before its tagged OK (to pass on).
     pub untagged: Vec<u8>,
     /// The text after `OK` / `+OK` (for IMAP usually `[CAPABILITY ...] Logged in`).
@@ -55,15 +55,22 @@ pub struct Backend {
     pub leftover: BytesMut,
 }
 
-/// Logs `user` in at the worker socket `path`.
+/// Logs `user` in over `stream` (connected to the worker's socket; `worker` names it in
+/// errors).
 pub async fn login(
     protocol: Protocol,
-    path: &Path,
+    stream: WorkerStream,
+    worker: &str,
     user: &str,
     password: &Secret,
     timeout: Duration,
 ) -> Result<Backend, BackendError> {
-    match tokio::time::timeout(timeout, login_inner(protocol, path, user, password)).await {
+    match tokio::time::timeout(
+        timeout,
+        login_inner(protocol, stream, worker, user, password),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout(timeout)),
     }
@@ -71,15 +78,15 @@ pub async fn login(
 
 async fn login_inner(
     protocol: Protocol,
-    path: &Path,
+    mut stream: WorkerStream,
+    worker: &str,
     user: &str,
     password: &Secret,
 ) -> Result<Backend, BackendError> {
     let io = |source| BackendError::Io {
-        path: path.to_path_buf(),
+        worker: worker.to_string(),
         source,
     };
-    let mut stream = UnixStream::connect(path).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(4096);
     let greeting = read_line(&mut stream, &mut buf).await.map_err(io)?;
     let ok_greeting = match protocol {
@@ -142,7 +149,7 @@ async fn login_inner(
 }
 
 /// Reads one CRLF line (without it) into a string; EOF and overlong lines are errors.
-async fn read_line(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<String> {
+async fn read_line(stream: &mut WorkerStream, buf: &mut BytesMut) -> std::io::Result<String> {
     loop {
         if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let raw = buf.split_to(nl + 1);

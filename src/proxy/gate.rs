@@ -29,8 +29,7 @@ use tracing::{debug, info, warn};
 use super::backend::{self, Backend, BackendError};
 use super::config::Credentials;
 use super::{Protocol, Refusal};
-use crate::fastcontainer::Endpoint;
-use crate::fastcontainer::manager::{Lease, Manager};
+use crate::cluster::{Hold, Router};
 use crate::host::calls::{HookEvent, HookSession};
 use crate::mailhook::{HookChain, Outcome};
 use crate::registry::Live;
@@ -43,8 +42,12 @@ pub struct Admitted {
     pub user: String,
     /// Its domain.
     pub domain: String,
-    /// The worker session, held until the client session ends.
-    pub lease: Lease,
+    /// The worker's pid (on its host).
+    pub worker_pid: u32,
+    /// The host running the worker, when it is not this one.
+    pub worker_host: Option<String>,
+    /// The worker lease (or the remote owner), held until the client session ends.
+    pub hold: Hold,
     /// The logged-in connection to the worker.
     pub backend: Backend,
 }
@@ -65,18 +68,18 @@ pub struct WorkerSockets {
 pub struct Gate {
     hooks: HookChain,
     registry: Option<Arc<Live>>,
-    manager: Option<Manager>,
+    router: Router,
     credentials: Credentials,
     failure_delay: Duration,
     sockets: WorkerSockets,
 }
 
 impl Gate {
-    /// A gate over the hook chain, registry and worker manager.
+    /// A gate over the hook chain, registry and worker router.
     pub fn new(
         hooks: HookChain,
         registry: Option<Arc<Live>>,
-        manager: Option<Manager>,
+        router: Router,
         credentials: Credentials,
         failure_delay: Duration,
         sockets: WorkerSockets,
@@ -84,7 +87,7 @@ impl Gate {
         Gate {
             hooks,
             registry,
-            manager,
+            router,
             credentials,
             failure_delay,
             sockets,
@@ -195,7 +198,7 @@ impl Gate {
         self.clone().route(protocol, user, domain, password).await
     }
 
-    /// Acquires `domain`'s worker and logs `user` in there.
+    /// Reaches `domain`'s worker (here or on its owner host) and logs `user` in there.
     async fn route(
         self,
         protocol: Protocol,
@@ -203,33 +206,40 @@ impl Gate {
         domain: String,
         password: Secret,
     ) -> Result<Admitted, Refusal> {
-        let Some(manager) = &self.manager else {
-            warn!("no [fastcontainer] manager: cannot route the session");
-            return Err(Refusal::Tempfail);
+        let name = match protocol {
+            Protocol::Imap => &self.sockets.imap,
+            Protocol::Pop3 => &self.sockets.pop3,
         };
-        let lease = match manager.acquire(&domain).await {
-            Ok(lease) => lease,
+        let routed = match self.router.open(&domain, name).await {
+            Ok(r) => r,
             Err(e) => {
                 warn!(domain = %domain, error = %e, "worker unavailable");
                 return Err(Refusal::Tempfail);
             }
         };
-        let name = match protocol {
-            Protocol::Imap => &self.sockets.imap,
-            Protocol::Pop3 => &self.sockets.pop3,
+        let worker_pid = routed.pid();
+        let worker_host = routed.remote_host().map(str::to_string);
+        let label = match &worker_host {
+            Some(h) => format!("{domain} {name} via {h}"),
+            None => format!("{domain} {name}"),
         };
-        let socket = match lease.endpoint() {
-            Endpoint::Unix(p) => p.with_file_name(name),
-            Endpoint::Tcp(a) => {
-                warn!(endpoint = %a, "the worker has a TCP endpoint; the fronts need its unix sockets");
-                return Err(Refusal::Tempfail);
-            }
-        };
-        match backend::login(protocol, &socket, &user, &password, self.sockets.timeout).await {
+        let crate::cluster::Routed { stream, hold } = routed;
+        match backend::login(
+            protocol,
+            stream,
+            &label,
+            &user,
+            &password,
+            self.sockets.timeout,
+        )
+        .await
+        {
             Ok(backend) => Ok(Admitted {
                 user,
                 domain,
-                lease,
+                worker_pid,
+                worker_host,
+                hold,
                 backend,
             }),
             Err(BackendError::Refused(text)) => {
@@ -238,7 +248,7 @@ impl Gate {
                 } else {
                     info!(user = %user, worker = %text, "login failed at the worker");
                 }
-                drop(lease);
+                drop(hold);
                 Err(self.fail().await)
             }
             Err(e) => {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -47,7 +46,7 @@ type Waiter = Mutex<Option<(Vec<u8>, oneshot::Sender<bool>)>>;
 /// client→worker, worker→client, and why it ended.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
-    worker: &mut UnixStream,
+    worker: &mut crate::cluster::WorkerStream,
     pending: BytesMut,
     ctx: Context<'_>,
     idle: Duration,
@@ -60,7 +59,7 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
     let touch = || last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut wr, mut ww) = worker.split();
+    let (mut wr, mut ww) = tokio::io::split(worker);
     let up = up(
         &mut cr, &mut ww, pending, ctx, tx, &waiter, &touch, &to_worker,
     );

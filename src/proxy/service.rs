@@ -8,8 +8,8 @@
 //! session whose domain chain subscribes to `imap-command` (checked once, at login), the
 //! command-by-command path of [`hooked`] — until either side closes, the session has been
 //! idle for `idle_timeout`, or `serve` shuts down. The
-//! worker [`Lease`](crate::fastcontainer::manager::Lease) lives exactly as long as the
-//! splice.
+//! worker's [`Hold`](crate::cluster::Hold) (its lease here, or the relay to its owner
+//! host) lives exactly as long as the splice.
 
 use std::io;
 use std::pin::Pin;
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -32,6 +31,7 @@ use super::config::ProxySection;
 use super::gate::{Gate, WorkerSockets};
 use super::imap::Settings;
 use super::{Action, FrontSession, LoginRequest, Protocol, hooked, imap, pop3};
+use crate::cluster::WorkerStream;
 use crate::host::calls::HookSession;
 use crate::listen;
 use crate::mailhook::HookChain;
@@ -80,7 +80,7 @@ pub async fn start(
     let gate = Gate::new(
         hooks,
         shared.registry.clone(),
-        shared.fastcontainer.clone(),
+        shared.router.clone(),
         section.credentials,
         section.auth_failure_delay,
         WorkerSockets {
@@ -416,7 +416,8 @@ async fn login<S: FrontSession>(
     info!(
         user = %admitted.user,
         domain = %admitted.domain,
-        worker_pid = admitted.lease.pid(),
+        worker_pid = admitted.worker_pid,
+        worker_host = admitted.worker_host.as_deref().unwrap_or("local"),
         took_ms = started.elapsed().as_millis() as u64,
         secured = hook_session.secured,
         imap_command_hooks = hooked,
@@ -463,7 +464,7 @@ async fn login<S: FrontSession>(
 /// shutdown; returns bytes client→worker, worker→client, and why it ended.
 async fn splice(
     client: &mut Conn,
-    worker: &mut UnixStream,
+    worker: &mut WorkerStream,
     idle: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> (u64, u64, &'static str) {
