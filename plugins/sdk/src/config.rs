@@ -16,11 +16,13 @@ use std::str::FromStr;
 
 use crate::milter::wasmail::plugin::config as raw;
 
+/// One setting's parsed lists, by the default text they were asked with.
+type ListsByDefault = HashMap<String, Rc<[String]>>;
+
 thread_local! {
     static VALUES: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
     /// Parsed lists by setting name, then by default text.
-    static LISTS: RefCell<HashMap<String, HashMap<String, Rc<[String]>>>> =
-        RefCell::new(HashMap::new());
+    static LISTS: RefCell<HashMap<String, ListsByDefault>> = RefCell::new(HashMap::new());
 }
 
 /// The value of setting `key` as text, if set.
