@@ -175,17 +175,16 @@ impl CgroupTree {
         }
     }
 
-    /// Creates the cgroup `<parent>/<name>` (and the parent if needed) with `limits`
-    /// applied. An existing cgroup of that name is reused only if no process is in it
-    /// (a leftover of a crashed manager); otherwise the call fails.
-    pub fn create(&self, name: &str, limits: &Limits) -> Result<WorkerCgroup, ContainerError> {
+    /// The handle of the cgroup `<parent>/<name>` without creating anything (e.g. to remove
+    /// one left by a manager that is gone).
+    pub fn existing(&self, name: &str) -> Result<WorkerCgroup, ContainerError> {
         check_relative(Path::new(name), "name")?;
         if Path::new(name).components().count() != 1 {
             return Err(invalid(format!(
                 "cgroup name {name} must be one path component"
             )));
         }
-        let cg = match &self.mode {
+        Ok(match &self.mode {
             Mode::V1(m) => {
                 let dir =
                     |root: &Option<PathBuf>| root.as_ref().map(|r| r.join(&self.parent).join(name));
@@ -196,13 +195,20 @@ impl CgroupTree {
                     pids: dir(&m.pids),
                 }
             }
-            Mode::V2 { root } => {
-                enable_v2_controllers(root, &self.parent)?;
-                WorkerCgroup::V2 {
-                    dir: root.join(&self.parent).join(name),
-                }
-            }
-        };
+            Mode::V2 { root } => WorkerCgroup::V2 {
+                dir: root.join(&self.parent).join(name),
+            },
+        })
+    }
+
+    /// Creates the cgroup `<parent>/<name>` (and the parent if needed) with `limits`
+    /// applied. An existing cgroup of that name is reused only if no process is in it
+    /// (a leftover of a crashed manager); otherwise the call fails.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<WorkerCgroup, ContainerError> {
+        if let Mode::V2 { root } = &self.mode {
+            enable_v2_controllers(root, &self.parent)?;
+        }
+        let cg = self.existing(name)?;
         cg.check_supported(limits)?;
         for dir in cg.dirs() {
             if let Some(parent) = dir.parent() {

@@ -189,6 +189,7 @@ impl LinuxSpawner {
                 .map_err(|e| errno("prctl PR_SET_CHILD_SUBREAPER", e))?;
         }
         remove_stale_templates(&config.roots_dir);
+        reap_stale_containers(&cgroups, &config.roots_dir);
         Ok(Self {
             config,
             cgroups,
@@ -605,6 +606,65 @@ impl Drop for LinuxSpawner {
             let _ = fs::remove_dir(at);
         }
     }
+}
+
+/// The manager pid in a worker name `<sanitized domain>@<manager pid>.<sequence>`.
+fn manager_pid(name: &str) -> Option<u32> {
+    let (_, tail) = name.rsplit_once('@')?;
+    let (pid, seq) = tail.split_once('.')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Stops the containers of managers that are gone (killed with SIGKILL, OOM-killed,
+/// crashed): their workers keep running, since nothing ties a container's life to its
+/// manager's, and must not serve a domain next to a new worker on the same storage. Every
+/// worker cgroup under our parent whose name carries the pid of a process that no longer
+/// exists has its processes killed and is removed, with its root mount point. Returns how
+/// many were stopped.
+fn reap_stale_containers(cgroups: &CgroupTree, roots_dir: &Path) -> usize {
+    let mut names: Vec<String> = Vec::new();
+    for parent in cgroups.parent_dirs() {
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let Some(pid) = manager_pid(&name) else {
+                continue;
+            };
+            let gone = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+            if gone && e.path().is_dir() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let mut stopped = 0;
+    for name in names {
+        let Ok(cg) = cgroups.existing(&name) else {
+            continue;
+        };
+        let procs = cg.procs().map(|p| p.len()).unwrap_or(0);
+        match cg.remove() {
+            Ok(()) => {
+                stopped += 1;
+                let _ = fs::remove_dir(roots_dir.join(&name));
+                tracing::warn!(
+                    container = %name,
+                    processes = procs,
+                    "stopped a container left by a wasmail manager that is gone"
+                );
+            }
+            Err(e) => tracing::error!(
+                container = %name,
+                error = %e,
+                "cannot stop a container left by a wasmail manager that is gone"
+            ),
+        }
+    }
+    stopped
 }
 
 /// Detaches and removes template roots in `roots_dir` left by managers that are gone

@@ -506,3 +506,56 @@ fn ctl_prewarms_lists_limits_and_stops_a_real_worker() {
     assert!(left.is_empty(), "run dirs left behind: {left:?}");
     assert!(serve.log_text().contains("all workers stopped"));
 }
+
+/// A `wasmail serve` killed with SIGKILL cannot stop its workers; the next `serve` with the
+/// same configuration finds them (cgroups named after the dead manager's pid), kills them,
+/// removes their cgroups, and starts its own worker for the domain.
+#[test]
+fn containers_of_a_killed_serve_are_stopped_by_the_next_one() {
+    if !require_root("admin::containers_of_a_killed_serve_are_stopped_by_the_next_one") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
+    let config = format!(
+        "[server]\nshutdown_grace = \"5s\"\n\
+         [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
+         {fc}",
+        fc = crate::support::fc_test_worker_section("wasmail-admin-stale-test"),
+    );
+    let mut first = Serve::start_in(dir, &config);
+    let cfg = first.dir.path().join("wasmail.toml");
+    let pid_of = |out: &str| -> u32 {
+        out.trim()
+            .strip_prefix("example.com: ready (pid ")
+            .and_then(|s| s.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap()
+    };
+    let old = pid_of(&ctl_ok(&cfg, &["prewarm", "example.com"]));
+    let old_cgroup = cgroup_dir(old, "memory");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(old), "the orphaned worker runs on after SIGKILL");
+
+    // The same configuration (same temp dir) in a new serve.
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    let _ = std::fs::remove_file(dir.path().join("admin.sock"));
+    let second = Serve::start_in(dir, &config);
+    wait_gone(old, Duration::from_secs(5));
+    assert!(
+        !old_cgroup.exists(),
+        "cgroup {} left behind",
+        old_cgroup.display()
+    );
+    let log = second.log_text();
+    assert!(
+        log.contains("stopped a container left by a wasmail manager that is gone"),
+        "{log}"
+    );
+    let new = pid_of(&ctl_ok(&cfg, &["prewarm", "example.com"]));
+    assert_ne!(new, old);
+    assert!(alive(new));
+}

@@ -282,12 +282,21 @@ fn wasmail_as_the_front_delivers_with_postfix_and_serves_imap_pop3() {
         }
     }
     assert!(maildir(&serve, "mallory@example.com").is_empty());
-    let sent = pf
-        .log()
-        .lines()
-        .filter(|l| l.contains("status=sent") && l.contains("lmtp.sock"))
-        .count();
-    assert_eq!(sent, 4, "{}", pf.log());
+    // Postfix logs a delivery after the LMTP reply (through postlogd), so its log line can
+    // trail the message in the Maildir: wait for it.
+    let sent = || {
+        pf.log()
+            .lines()
+            .filter(|l| l.contains("status=sent") && l.contains("lmtp.sock"))
+            .count()
+    };
+    wait_until(
+        "four status=sent lines in Postfix's log",
+        Duration::from_secs(10),
+        || sent() >= 4,
+        || pf.log(),
+    );
+    assert_eq!(sent(), 4, "{}", pf.log());
     assert!(
         pf.log().contains("orig_to=<team@example.com>"),
         "alias expanded by Postfix:\n{}",

@@ -553,7 +553,7 @@ fn worker_that_cannot_start_defers_only_its_domain_and_nothing_is_lost() {
         &["bob@example.com", "erin@example.net"],
         &["--header", "Subject: partly deferred"],
     );
-    assert_eq!(code, 0, "{text}");
+    assert_eq!(code, 0, "{text}\n{}\n{}", pf.log(), serve.log_text());
     let t = Duration::from_secs(60);
     wait_until(
         "bob delivered, erin deferred",
