@@ -12,8 +12,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use wasmail::registry::etcd::{EtcdOptions, EtcdRegistry};
 use wasmail::registry::password::hash_password;
-use wasmail::registry::sqlite::SqliteRegistry;
 use wasmail::registry::{Domain, Mailbox, Registry};
 
 use crate::fastcontainer_dovecot::dovecot_worker;
@@ -85,8 +85,15 @@ struct Host {
     cgroup_root: String,
 }
 
-fn fill_registry(path: &Path) {
-    let r = SqliteRegistry::open(path).unwrap();
+/// The shared registry, in the test's etcd (`[registry] backend = "etcd"` on every host).
+fn fill_registry(endpoint: &str) {
+    let r = EtcdRegistry::open(&EtcdOptions {
+        endpoints: vec![endpoint.to_string()],
+        prefix: "/wasmail".into(),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
     for d in DOMAINS {
         r.add_domain(&Domain {
             name: d.into(),
@@ -126,8 +133,9 @@ fn host_config(
 shutdown_grace = "5s"
 
 [registry]
-path = "{shared}/registry.db"
-refresh = "100ms"
+backend = "etcd"
+endpoints = ["{etcd}"]
+refresh = "10s"
 
 [lookup]
 socketmap = "unix:{{dir}}/sm.sock"
@@ -195,7 +203,7 @@ impl Cluster {
         let etcd = Etcd::start(&bin);
         let shared = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(shared.path().join("mail")).unwrap();
-        fill_registry(&shared.path().join("registry.db"));
+        fill_registry(&etcd.endpoint);
         if tls {
             if !require_program(test, "openssl") {
                 return None;
@@ -731,6 +739,46 @@ fn concurrent_sessions_on_three_hosts_start_exactly_one_worker() {
         .path()
         .join("sm.sock");
     assert_eq!(socketmap(&own_sm, "transport_maps", domain), "NOTFOUND ");
+
+    // A registry change made through one host's configuration (the CLI, writing to the
+    // etcd registry) is answered by the lookups of the other hosts within a second: they
+    // watch the registry (their poll interval is 10 s).
+    let first = &c.hosts[0];
+    let cfg = first
+        .serve
+        .as_ref()
+        .unwrap()
+        .dir
+        .path()
+        .join("wasmail.toml");
+    let carol = format!("carol@{domain}");
+    let out = std::process::Command::new(crate::support::wasmail_bin())
+        .args(["mailbox", "--config"])
+        .arg(&cfg)
+        .args(["add", &carol, "--no-password"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    for h in &c.hosts[1..] {
+        let sm = h.serve.as_ref().unwrap().dir.path().join("sm.sock");
+        while !socketmap(&sm, "virtual_mailbox_maps", &carol).starts_with("OK ") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "{carol} not found on {} within 1 s",
+                h.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!(
+        "registry change answered on the other hosts after {:?}",
+        t0.elapsed()
+    );
 }
 
 /// One socketmap request; the answer without its netstring framing.
