@@ -1176,3 +1176,98 @@ fn documented_cluster_config_checks_and_needs_fastcontainer() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster.lease_ttl"), "{err}");
 }
+
+/// Postfix with docs/cluster.md's main.cf lines, pointed at a host that does not own the
+/// domain, follows that host's `transport_maps` answer and delivers straight to the owner's
+/// LMTP front: the message arrives, Postfix's log names the owner's address, and the
+/// non-owner relays nothing.
+#[test]
+fn postfix_delivers_straight_to_the_owner_named_by_transport_maps() {
+    let test = "cluster::postfix_delivers_straight_to_the_owner_named_by_transport_maps";
+    if !require_program(test, "postfix") || !require_program(test, "swaks") {
+        return;
+    }
+    let Some(c) = Cluster::start(test, "10m") else {
+        return;
+    };
+    // Place the domain: one session through host a.
+    let domain = "two.test";
+    let a = c.host("a");
+    let r = deliver(a.ip, a.lmtp, domain, "placing");
+    assert!(r.starts_with("250 "), "{r}\n{}", c.logs());
+    let owner = c.owner(domain).expect("an owner key");
+    let other = c.hosts.iter().find(|h| h.name != owner).unwrap();
+    let owner_host = c.host(&owner);
+    let sm = other.serve.as_ref().unwrap().dir.path().join("sm.sock");
+    // The non-owner's cache learns the owner through its watch.
+    let t0 = Instant::now();
+    while !socketmap(&sm, "transport_maps", domain).starts_with("OK ") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{} never named the owner\n{}",
+            other.name,
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let relayed_out = |h: &Host| -> u64 {
+        let out = c.ctl(h.name, &["metrics"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("wasmail_cluster_relayed_out_total ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no relayed_out from {}", h.name))
+    };
+    let before = relayed_out(other);
+
+    let block = crate::support::postfix::docs_block_in("docs/cluster.md", "cluster-postfix")
+        .replace(
+            "unix:/run/wasmail/socketmap.sock",
+            &format!("unix:{}", sm.display()),
+        )
+        .replace(
+            "lmtp:inet:10.0.0.1:24",
+            &format!("lmtp:inet:{}:{}", other.ip, other.lmtp),
+        );
+    let pf = crate::support::postfix::Postfix::start_with("", &block, &[]);
+    let (code, text) = pf.swaks(
+        pf.filter_port,
+        "sender@remote.test",
+        &[&format!("bob@{domain}")],
+        &["--header", "Subject: straight to the owner"],
+    );
+    assert_eq!(code, 0, "{text}\n{}", pf.log());
+    let t0 = Instant::now();
+    let sent = loop {
+        if let Some(l) = pf
+            .log()
+            .lines()
+            .find(|l| l.contains(&format!("to=<bob@{domain}>")) && l.contains("status=sent"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not delivered\n{}\n{}",
+            pf.log(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        sent.contains(&format!("[{}]:{}", owner_host.ip, owner_host.lmtp)),
+        "Postfix did not deliver to the owner {owner} ({}:{}): {sent}",
+        owner_host.ip,
+        owner_host.lmtp
+    );
+    assert_eq!(c.maildir(domain).len(), 2, "both messages in the Maildir");
+    assert_eq!(
+        relayed_out(other),
+        before,
+        "{} relayed a session it should not have seen",
+        other.name
+    );
+}
