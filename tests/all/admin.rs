@@ -384,6 +384,17 @@ fn wait_gone(pid: u32, within: Duration) {
     }
 }
 
+/// `wasmail ctl prewarm DOMAIN`: waits until the worker is ready; its pid.
+fn prewarm(cfg: &Path, domain: &str) -> u32 {
+    let out = ctl_ok(cfg, &["prewarm", domain]);
+    out.trim()
+        .strip_prefix(&format!("{domain}: ready (pid "))
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn ctl_prewarms_lists_limits_and_stops_a_real_worker() {
     if !require_root("admin::ctl_prewarms_lists_limits_and_stops_a_real_worker") {
@@ -407,14 +418,7 @@ fn ctl_prewarms_lists_limits_and_stops_a_real_worker() {
     assert!(serving.contains("\"fastcontainer\", \"admin\""), "{log}");
 
     // prewarm waits until the worker is ready and names its pid.
-    let out = ctl_ok(&cfg, &["prewarm", "example.com"]);
-    let pid: u32 = out
-        .trim()
-        .strip_prefix("example.com: ready (pid ")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{out}"))
-        .parse()
-        .unwrap();
+    let pid = prewarm(&cfg, "example.com");
     assert!(alive(pid), "pid {pid} from prewarm does not exist");
 
     let table = ctl_ok(&cfg, &["workers"]);
@@ -525,15 +529,7 @@ fn containers_of_a_killed_serve_are_stopped_by_the_next_one() {
     );
     let mut first = Serve::start_in(dir, &config);
     let cfg = first.dir.path().join("wasmail.toml");
-    let pid_of = |out: &str| -> u32 {
-        out.trim()
-            .strip_prefix("example.com: ready (pid ")
-            .and_then(|s| s.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("{out}"))
-            .parse()
-            .unwrap()
-    };
-    let old = pid_of(&ctl_ok(&cfg, &["prewarm", "example.com"]));
+    let old = prewarm(&cfg, "example.com");
     let old_cgroup = cgroup_dir(old, "memory");
     first.child.kill().unwrap();
     first.child.wait().unwrap();
@@ -555,7 +551,7 @@ fn containers_of_a_killed_serve_are_stopped_by_the_next_one() {
         log.contains("stopped a container left by a wasmail manager that is gone"),
         "{log}"
     );
-    let new = pid_of(&ctl_ok(&cfg, &["prewarm", "example.com"]));
+    let new = prewarm(&cfg, "example.com");
     assert_ne!(new, old);
     assert!(alive(new));
 }

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmail::registry::etcd::{EtcdOptions, EtcdRegistry};
@@ -300,21 +300,7 @@ impl Cluster {
             .join("mail")
             .join(domain)
             .join("bob/Maildir");
-        let mut files: Vec<PathBuf> = ["new", "cur"]
-            .iter()
-            .flat_map(|d| {
-                std::fs::read_dir(md.join(d))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|f| std::fs::read_to_string(f).unwrap())
-            .collect()
+        crate::lmtp::read_maildir(&md)
     }
 
     /// Simulates the host dying: SIGKILL to its wasmail and to every worker container it

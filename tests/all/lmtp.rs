@@ -182,6 +182,11 @@ pub(crate) fn maildir(serve: &Serve, address: &str) -> Vec<String> {
         .join(domain)
         .join(local)
         .join("Maildir");
+    read_maildir(&md)
+}
+
+/// The messages (new and cur) in the Maildir `md`, sorted by file name.
+pub(crate) fn read_maildir(md: &Path) -> Vec<String> {
     let mut files: Vec<PathBuf> = ["new", "cur"]
         .iter()
         .flat_map(|d| {
