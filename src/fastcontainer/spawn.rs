@@ -5,7 +5,8 @@
 //!    root mount point `<roots_dir>/<name>` on the host (the root tmpfs is mounted on it
 //!    only inside the container's mount namespace);
 //! 2. creates the cgroup `<cgroup_parent>/<name>` with the spec's limits, where `name` is
-//!    `<sanitized domain>@<manager pid>.<sequence>`: unique per worker, so a replacement
+//!    `<sanitized domain>@<manager pid>-<manager start time>.<sequence>`: unique per
+//!    worker (and per manager, even when a later manager gets the same pid), so a replacement
 //!    can start while the old worker of the same domain drains;
 //! 3. prepares everything the child touches (paths, argv, pipes) and then clones
 //!    (`clone3`, falling back to `clone`) with `CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWUTS|
@@ -43,7 +44,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -257,7 +258,7 @@ impl LinuxSpawner {
         // One counter per process, not per spawner: two spawners in one process (tests,
         // a reload) must never pick the same cgroup or root name.
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}@{}.{seq}", sanitize(&spec.domain), std::process::id());
+        let name = format!("{}@{}.{seq}", sanitize(&spec.domain), manager_id());
         let root = self.config.roots_dir.join(&name);
         let init_spec = init_spec(spec, &root);
 
@@ -608,12 +609,50 @@ impl Drop for LinuxSpawner {
     }
 }
 
-/// The manager pid in a worker name `<sanitized domain>@<manager pid>.<sequence>`.
-fn manager_pid(name: &str) -> Option<u32> {
+/// This process as `<pid>-<start time>` (the start time in clock ticks since boot, field
+/// 22 of `/proc/self/stat`): unique among the processes of one boot, unlike the pid alone,
+/// which a later manager may get again (always, in a pid namespace of its own).
+fn manager_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let pid = std::process::id();
+        match start_time(pid) {
+            Some(t) => format!("{pid}-{t}"),
+            None => pid.to_string(),
+        }
+    })
+}
+
+/// Start time of process `pid` in clock ticks since boot, from `/proc/<pid>/stat`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: fields after
+    // the last `)` start at field 3 (state); the start time is field 22.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The manager in a worker name `<sanitized domain>@<pid>-<start time>.<sequence>` (or
+/// `@<pid>.<sequence>` from older versions): its pid and, when present, its start time.
+fn manager_of(name: &str) -> Option<(u32, Option<u64>)> {
     let (_, tail) = name.rsplit_once('@')?;
-    let (pid, seq) = tail.split_once('.')?;
+    let (id, seq) = tail.split_once('.')?;
     seq.parse::<u64>().ok()?;
-    pid.parse().ok()
+    match id.split_once('-') {
+        Some((pid, start)) => Some((pid.parse().ok()?, Some(start.parse().ok()?))),
+        None => Some((id.parse().ok()?, None)),
+    }
+}
+
+/// True when the manager named in a worker name no longer runs: no such pid, or the pid
+/// now belongs to a process that started at another time (pid reuse).
+fn manager_gone(pid: u32, start: Option<u64>) -> bool {
+    match (start_time(pid), start) {
+        (None, _) => true,
+        (Some(now), Some(then)) => now != then,
+        // An old-style name: only the pid to go by.
+        (Some(_), None) => false,
+    }
 }
 
 /// Stops the containers of managers that are gone (killed with SIGKILL, OOM-killed,
@@ -632,10 +671,13 @@ fn reap_stale_containers(cgroups: &CgroupTree, roots_dir: &Path) -> usize {
             let Ok(name) = e.file_name().into_string() else {
                 continue;
             };
-            let Some(pid) = manager_pid(&name) else {
+            let Some((pid, start)) = manager_of(&name) else {
                 continue;
             };
-            let gone = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+            let ours = name
+                .rsplit_once('@')
+                .is_some_and(|(_, t)| t.starts_with(&format!("{}.", manager_id())));
+            let gone = !ours && manager_gone(pid, start);
             if gone && e.path().is_dir() && !names.contains(&name) {
                 names.push(name);
             }
@@ -1245,6 +1287,25 @@ mod tests {
             let err = validate(&s).unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    #[test]
+    fn worker_names_carry_the_manager_and_its_start_time() {
+        let id = manager_id();
+        let (pid, start) = id.split_once('-').unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        let name = format!("mail.example.com@{id}.7");
+        let (p, s) = manager_of(&name).unwrap();
+        assert_eq!(p, std::process::id());
+        assert_eq!(s, Some(start.parse().unwrap()));
+        assert!(!manager_gone(p, s), "this process is alive");
+        // The same pid with another start time: a reused pid, so the manager is gone.
+        assert!(manager_gone(p, Some(s.unwrap() + 1)));
+        // Old-style names (pid only) and pids that do not exist.
+        assert_eq!(manager_of("a.example@123.4"), Some((123, None)));
+        assert!(manager_gone(u32::MAX - 1, None));
+        assert_eq!(manager_of("no-manager"), None);
+        assert_eq!(manager_of("a@1-x.2"), None);
     }
 
     #[test]
