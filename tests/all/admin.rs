@@ -384,6 +384,20 @@ fn wait_gone(pid: u32, within: Duration) {
     }
 }
 
+/// A temp dir with example.com's storage, and a config with the admin API on a unix
+/// socket and the trivial worker under the cgroup parent `cgroup_root`.
+fn worker_setup(cgroup_root: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
+    let config = format!(
+        "[server]\nshutdown_grace = \"5s\"\n\
+         [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
+         {fc}",
+        fc = crate::support::fc_test_worker_section(cgroup_root),
+    );
+    (dir, config)
+}
+
 /// `wasmail ctl prewarm DOMAIN`: waits until the worker is ready; its pid.
 fn prewarm(cfg: &Path, domain: &str) -> u32 {
     let out = ctl_ok(cfg, &["prewarm", domain]);
@@ -400,14 +414,7 @@ fn ctl_prewarms_lists_limits_and_stops_a_real_worker() {
     if !require_root("admin::ctl_prewarms_lists_limits_and_stops_a_real_worker") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
-    let config = format!(
-        "[server]\nshutdown_grace = \"5s\"\n\
-         [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
-         {fc}",
-        fc = crate::support::fc_test_worker_section("wasmail-admin-test"),
-    );
+    let (dir, config) = worker_setup("wasmail-admin-test");
     let mut serve = Serve::start_in(dir, &config);
     let cfg = serve.dir.path().join("wasmail.toml");
     let log = serve.log_text();
@@ -519,14 +526,7 @@ fn containers_of_a_killed_serve_are_stopped_by_the_next_one() {
     if !require_root("admin::containers_of_a_killed_serve_are_stopped_by_the_next_one") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("mail/example.com")).unwrap();
-    let config = format!(
-        "[server]\nshutdown_grace = \"5s\"\n\
-         [admin]\nlisten = \"unix:{{dir}}/admin.sock\"\n\
-         {fc}",
-        fc = crate::support::fc_test_worker_section("wasmail-admin-stale-test"),
-    );
+    let (dir, config) = worker_setup("wasmail-admin-stale-test");
     let mut first = Serve::start_in(dir, &config);
     let cfg = first.dir.path().join("wasmail.toml");
     let old = prewarm(&cfg, "example.com");
