@@ -16,7 +16,6 @@ use wasmail::registry::etcd::{EtcdOptions, EtcdRegistry};
 use wasmail::registry::password::hash_password;
 use wasmail::registry::{Domain, Mailbox, Registry};
 
-use crate::fastcontainer_dovecot::dovecot_worker;
 use crate::support::etcd::Etcd;
 use crate::support::postfix::free_port;
 use crate::support::{Serve, require_program, require_root};
@@ -153,23 +152,7 @@ auth_failure_delay = "100ms"
 [admin]
 listen = "unix:{{dir}}/admin.sock"
 
-[fastcontainer]
-run_root = "{{dir}}/run"
-storage_root = "{shared}/mail"
-cgroup_root = "wasmail-cluster-{name}"
-idle = "fixed"
-idle_timeout = "{idle}"
-start_timeout = "10s"
-stop_grace = "2s"
-backoff_base = "100ms"
-backoff_max = "1s"
-system_mounts = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]
-[fastcontainer.limits]
-memory = "256MiB"
-pids = 128
-[fastcontainer.worker]
-{worker}
-
+{fastcontainer}
 [cluster]
 host = "{name}"
 relay = "{ip}:{relay}"
@@ -181,8 +164,11 @@ relay_timeout = "20s"
 release_grace = "1s"
 {tls}
 "#,
-        shared = shared.display(),
-        worker = dovecot_worker(),
+        fastcontainer = crate::lmtp::dovecot_fastcontainer_section(
+            &format!("{}/mail", shared.display()),
+            &format!("wasmail-cluster-{name}"),
+            idle,
+        ),
         ttl = TTL.as_secs(),
     )
 }

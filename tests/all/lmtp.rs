@@ -89,12 +89,23 @@ max_message_size = "1MiB"
 /// `[fastcontainer]` with the shipped Dovecot worker template; workers reaped after
 /// `idle` without sessions.
 fn fastcontainer_config(idle: &str) -> String {
+    dovecot_fastcontainer_section("{dir}/mail", "wasmail-lmtp-test", idle)
+}
+
+/// `[fastcontainer]` running the shipped Dovecot worker template, with storage under
+/// `storage_root` (`{dir}` = the serve's temp dir), cgroups under `cgroup_root`, and
+/// workers reaped after `idle` without sessions.
+pub(crate) fn dovecot_fastcontainer_section(
+    storage_root: &str,
+    cgroup_root: &str,
+    idle: &str,
+) -> String {
     format!(
         r#"
 [fastcontainer]
 run_root = "{{dir}}/run"
-storage_root = "{{dir}}/mail"
-cgroup_root = "wasmail-lmtp-test"
+storage_root = "{storage_root}"
+cgroup_root = "{cgroup_root}"
 idle = "fixed"
 idle_timeout = "{idle}"
 start_timeout = "10s"
