@@ -225,7 +225,7 @@ fn wasmail_as_the_front_delivers_with_postfix_and_serves_imap_pop3() {
             "first body, through the LMTP front",
         ],
     );
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 0, "{out}\n{}", logs());
     let (code, out) = pf.swaks(
         pf.filter_port,
         "alice@remote.test",
@@ -237,7 +237,7 @@ fn wasmail_as_the_front_delivers_with_postfix_and_serves_imap_pop3() {
             "second body, for the whole team",
         ],
     );
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 0, "{out}\n{}", logs());
     // An unknown mailbox in a hosted domain is refused by Postfix at RCPT (registry).
     let (code, out) = pf.swaks(
         pf.filter_port,
