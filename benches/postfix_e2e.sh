@@ -9,6 +9,7 @@
 #   baseline   no milter
 #   libmilter  Debian libmilter no-op milter (all stages, adds one header) on a unix socket
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
+#   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
 # Needs root, postfix, smtp-source/smtp-sink, libmilter-dev, and a release build plus the
 # built plugins (scripts/setup.sh). Loopback only; everything started is stopped on exit.
 set -euo pipefail
@@ -107,6 +108,14 @@ if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   for _ in $(seq 100); do [ -S "$T/run/milter.sock" ] && break; sleep 0.1; done
   chmod 666 "$T/run/milter.sock"
   run_row wasmail "unix:$T/run/milter.sock"
+  # The same chain with every plugin's instance_reuse = 1000.
+  sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" -e "s#milter.sock#milter-reuse.sock#" \
+    -e '/^grants = /a instance_reuse = 1000' benches/wasmail-bench.toml > "$T/wasmail-reuse.toml"
+  "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -S "$T/run/milter-reuse.sock" ] && break; sleep 0.1; done
+  chmod 666 "$T/run/milter-reuse.sock"
+  run_row wasmail-reuse "unix:$T/run/milter-reuse.sock"
 else
   echo "wasmail row skipped: build with scripts/setup.sh first" >&2
 fi

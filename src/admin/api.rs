@@ -494,6 +494,9 @@ impl Admin {
             "Plugins currently loaded.",
             &[(String::new(), plugins.to_string())],
         );
+        if let Some(p) = &self.shared.plugins {
+            out.push_str(&p.render_prometheus());
+        }
         if let Some(m) = &self.shared.fastcontainer {
             out.push_str(&m.metrics().render_prometheus());
         }

@@ -91,6 +91,8 @@ pub struct Counters {
     pub calls: AtomicU64,
     /// Instances created.
     pub instances: AtomicU64,
+    /// Transactions served by a reused instance (`instance_reuse`).
+    pub reused: AtomicU64,
     /// Failures of every kind.
     pub failures: AtomicU64,
     /// Timeouts (deadline or budget).

@@ -89,6 +89,7 @@ fn section_for(dir: &Path) -> PluginsSection {
         dir: dir.to_path_buf(),
         watch: false,
         pool_instances: 8,
+        idle_instances: 0,
         ..PluginsSection::default()
     }
 }
@@ -104,6 +105,7 @@ fn check(file: &Path, json_out: bool) -> anyhow::Result<()> {
         grants: Capability::ALL.to_vec(),
         on_error: Default::default(),
         limits: Default::default(),
+        instance_reuse: 1,
         settings: Default::default(),
     };
     let mut entries = BTreeMap::new();
@@ -379,6 +381,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             let mut section = config.plugins.clone();
             section.watch = false;
             section.pool_instances = 8;
+            section.idle_instances = 0;
             (name, section, entry)
         }
         None => {
@@ -418,6 +421,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
                     grants,
                     on_error: Default::default(),
                     limits: Default::default(),
+                    instance_reuse: 1,
                     settings,
                 },
             )

@@ -54,6 +54,10 @@ pub struct PluginsSection {
     pub fuel: bool,
     /// Instances the pooling allocator reserves address space for. Default 256.
     pub pool_instances: u32,
+    /// Idle milter-filter instances kept for reuse, all plugins together (only plugins
+    /// with `instance_reuse` above 1 are kept). Each holds one of the `pool_instances`
+    /// slots. Default 64.
+    pub idle_instances: u32,
     /// Default limits for every plugin.
     pub limits: Limits,
     /// Circuit breaker settings.
@@ -75,6 +79,7 @@ impl Default for PluginsSection {
             tick: Duration::from_millis(5),
             fuel: false,
             pool_instances: 256,
+            idle_instances: 64,
             limits: Limits::default(),
             breaker: BreakerConfig::default(),
             kv: KvConfig::default(),
@@ -269,9 +274,22 @@ pub struct PluginEntry {
     /// Limit overrides.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// Milter-filter plugins: how many SMTP transactions one instance may serve before it
+    /// is dropped. Default 1: a fresh instance for every transaction. Above 1, an instance
+    /// that finished a transaction without any failure waits for the next transaction of
+    /// the same chain (global, or the same domain), after the host called
+    /// `on-end-of-message` or `on-abort` in it; the Rust SDK resets every
+    /// `instance_state!` value there, other guest memory (plain statics) carries over.
+    /// See `docs/plugins.md`.
+    #[serde(default = "one")]
+    pub instance_reuse: u32,
     /// The plugin's own settings, visible through the `config` capability.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_grants() -> Vec<Capability> {
@@ -288,6 +306,15 @@ impl PluginsSection {
         if self.pool_instances == 0 {
             v.error("plugins.pool_instances", "must be at least 1");
         }
+        if self.idle_instances >= self.pool_instances {
+            v.error(
+                "plugins.idle_instances",
+                format!(
+                    "must be below pool_instances ({}), or no slot is left for live instances",
+                    self.pool_instances
+                ),
+            );
+        }
         if let Some(dir) = &self.cache_dir
             && dir.is_relative()
         {
@@ -302,6 +329,12 @@ impl PluginsSection {
             }
             if entry.file.as_os_str().is_empty() {
                 v.error(format!("plugin.{name}.file"), "must name a .wasm file");
+            }
+            if entry.instance_reuse == 0 {
+                v.error(
+                    format!("plugin.{name}.instance_reuse"),
+                    "must be at least 1 (1 = a fresh instance for every transaction)",
+                );
             }
             check_limits(
                 &self.limits.with(&entry.limits),

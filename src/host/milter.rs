@@ -8,6 +8,15 @@
 //! ignored). The plugin version is pinned when the instance is created, so a hot reload
 //! never changes a message in flight.
 //!
+//! Reuse (`[plugin.NAME] instance_reuse` above 1): instead of being dropped, an instance
+//! that served a whole transaction without any failure goes to the host's [`FilterPool`],
+//! and a later transaction of the same plugin version and the same chain (global, or the
+//! same domain: never another tenant's) takes it instead of instantiating. Every
+//! transaction of such an instance ends with a call of `on-end-of-message` or `on-abort`
+//! (the SDK resets its `instance_state!` values there), and a reused instance is fed the
+//! same CONNECT/HELO replay as a fresh one, so a plugin written with the SDK cannot tell
+//! the difference.
+//!
 //! Body: mode `chunks` passes every chunk; mode `whole(cap)` buffers up to `cap` bytes and
 //! calls `on-body-chunk` once at end of message, and makes the message available to the
 //! `message` and `auth` capabilities.
@@ -18,8 +27,9 @@
 //! failure is logged with plugin, version, stage and kind, and counted; the breaker may
 //! then skip the version for a while.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -43,8 +53,102 @@ struct Live {
     bindings: MilterFilter,
     /// Wall-clock time spent in calls of this transaction.
     spent: Duration,
-    /// Whether end of message was called.
-    finished: bool,
+    /// Whether `on-end-of-message` was called in this transaction.
+    eom_called: bool,
+    /// Transactions this instance started, this one included.
+    uses: u32,
+}
+
+/// Idle milter-filter instances of plugins with `instance_reuse` above 1, shared by every
+/// connection. An instance is kept per plugin *version* and per chain (the global chain or
+/// one domain's), so it never serves another tenant, and at most `max_idle` wait in all
+/// (each holds a pooling-allocator slot). Failed instances never come back here.
+pub struct FilterPool {
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    max_idle: usize,
+}
+
+/// Plugin name and domain (None = the global chain).
+type PoolKey = (String, Option<String>);
+
+struct Idle {
+    plugin: Arc<LoadedPlugin>,
+    store: Store<HostState>,
+    bindings: MilterFilter,
+    uses: u32,
+}
+
+impl std::fmt::Debug for FilterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterPool")
+            .field("idle", &self.len())
+            .field("max_idle", &self.max_idle)
+            .finish()
+    }
+}
+
+impl FilterPool {
+    /// A pool keeping at most `max_idle` instances (0 = never keep one).
+    pub fn new(max_idle: usize) -> FilterPool {
+        FilterPool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+        }
+    }
+
+    /// Idle instances now.
+    pub fn len(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+
+    /// True when no instance waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every idle instance (after a reload).
+    pub fn clear(&self) {
+        let drained: Vec<Vec<Idle>> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.drain().map(|(_, v)| v).collect()
+        };
+        // Dropped outside the lock: freeing an instance resets its memory.
+        drop(drained);
+    }
+
+    fn take(&self, plugin: &Arc<LoadedPlugin>, key: &PoolKey) -> Option<Idle> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.get_mut(key)?;
+            let mut found = None;
+            while let Some(i) = list.pop() {
+                if Arc::ptr_eq(&i.plugin, plugin) {
+                    found = Some(i);
+                    break;
+                }
+                // An older version of the plugin.
+                stale.push(i);
+            }
+            found
+        };
+        drop(stale);
+        found
+    }
+
+    fn give_back(&self, key: PoolKey, i: Idle) {
+        if i.uses >= i.plugin.instance_reuse || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = idle.values().map(Vec::len).sum();
+        if total >= self.max_idle {
+            drop(idle);
+            return;
+        }
+        idle.entry(key).or_default().push(i);
+    }
 }
 
 /// One milter plugin inside one connection's chain.
@@ -52,6 +156,8 @@ pub struct WasmFilter {
     host: Arc<PluginHost>,
     name: String,
     domain: Option<String>,
+    /// Where a reusable instance waits between transactions: (name, domain).
+    pool_key: PoolKey,
     /// The version of the current transaction (or the newest, between transactions).
     plugin: Arc<LoadedPlugin>,
     live: Option<Live>,
@@ -232,6 +338,7 @@ impl WasmFilter {
             host,
             name: name.to_string(),
             domain: domain.map(str::to_string),
+            pool_key: (name.to_string(), domain.map(str::to_string)),
             plugin,
             live: None,
             failed: false,
@@ -298,6 +405,38 @@ impl WasmFilter {
                 FailureKind::Instantiate("not a milter plugin".into()),
             ));
         };
+        let reused = if self.plugin.instance_reuse > 1 {
+            self.host.filter_pool().take(&self.plugin, &self.pool_key)
+        } else {
+            None
+        };
+        if let Some(idle) = reused {
+            let mut store = idle.store;
+            let state = store.data_mut();
+            state.begin_request();
+            state.message = Default::default();
+            state.macros = self.macros.clone();
+            let engine = self.host.engine();
+            if engine.fuel() {
+                let fuel = match self.plugin.meta.limits.fuel {
+                    0 => u64::MAX,
+                    f => f,
+                };
+                let _ = store.set_fuel(fuel);
+            }
+            self.plugin
+                .counters
+                .reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.live = Some(Live {
+                store,
+                bindings: idle.bindings,
+                spent: Duration::ZERO,
+                eom_called: false,
+                uses: idle.uses + 1,
+            });
+            return self.replay(stage);
+        }
         let mut store = new_store(
             self.host.engine(),
             &self.plugin.meta,
@@ -324,9 +463,15 @@ impl WasmFilter {
             store,
             bindings,
             spent: started.elapsed(),
-            finished: false,
+            eom_called: false,
+            uses: 1,
         });
-        // Replay connection-level events into the fresh instance (not at CONNECT itself).
+        self.replay(stage)
+    }
+
+    /// Replays the connection-level events into a new (or reused) instance, unless the
+    /// transaction starts at CONNECT itself.
+    fn replay(&mut self, stage: Stage) -> Result<(), StageResult> {
         if stage != Stage::Connect {
             if self.subscribed(Stage::Connect)
                 && let Some(c) = self.connect.clone()
@@ -427,20 +572,14 @@ impl WasmFilter {
                 }) {
                     Err(r) => return r,
                     // A refusal (or accept/discard/quarantine) given on the whole body is
-                    // the plugin's answer for the message; end of message is not called.
+                    // the plugin's answer for the message; end of message is not called
+                    // (on-abort is, when the transaction ends).
                     Ok(Answer::Verdict(v)) if !matches!(v, wt::Verdict::Continue) => {
-                        if let Some(live) = self.live.as_mut() {
-                            live.finished = true;
-                        }
                         return verdict(v).into();
                     }
                     Ok(_) => {}
                 }
             }
-        }
-        if let Some(live) = self.live.as_mut() {
-            // The message is complete: no on-abort for this instance.
-            live.finished = true;
         }
         if !self.subscribed(Stage::EndOfMessage) {
             return StageResult::cont();
@@ -450,6 +589,9 @@ impl WasmFilter {
                 .call_on_end_of_message(s)
                 .map(Answer::Outcome)
         });
+        if let Some(live) = self.live.as_mut() {
+            live.eom_called = true;
+        }
         match answer {
             Ok(Answer::Outcome(o)) => match edits(o.edits, &self.plugin) {
                 Ok(list) => {
@@ -617,20 +759,43 @@ impl StagePlugin for WasmFilter {
     }
 
     fn abort(&mut self) {
-        if let Some(mut live) = self.live.take()
-            && !live.finished
-        {
-            // Best effort: a failing on-abort only gets logged.
-            live.store
-                .set_epoch_deadline(self.host.engine().ticks(Duration::from_millis(100)));
-            if let Err(e) = live
-                .bindings
-                .wasmail_plugin_filter()
-                .call_on_abort(&mut live.store)
+        if let Some(mut live) = self.live.take() {
+            let reuse = live.uses < self.plugin.instance_reuse;
+            // Every transaction ends with on-end-of-message or on-abort, so a plugin can
+            // reset its state there (the SDK does) before the instance is reused.
+            let mut ok = true;
+            if !live.eom_called {
+                // Best effort: a failing on-abort only gets logged (and ends the instance).
+                live.store
+                    .set_epoch_deadline(self.host.engine().ticks(Duration::from_millis(100)));
+                if let Err(e) = live
+                    .bindings
+                    .wasmail_plugin_filter()
+                    .call_on_abort(&mut live.store)
+                {
+                    ok = false;
+                    let kind = FailureKind::classify(&e);
+                    self.plugin.counters.count(&kind);
+                    warn!(plugin = %self.name, version = %self.plugin.meta.version, kind = kind.label(), detail = %kind, "plugin failed in on-abort");
+                }
+            }
+            // Only the newest version goes back: an older one would be dropped at checkout.
+            if reuse
+                && ok
+                && self
+                    .host
+                    .get(&self.name)
+                    .is_some_and(|newest| Arc::ptr_eq(&newest, &self.plugin))
             {
-                let kind = FailureKind::classify(&e);
-                self.plugin.counters.count(&kind);
-                warn!(plugin = %self.name, version = %self.plugin.meta.version, kind = kind.label(), detail = %kind, "plugin failed in on-abort");
+                self.host.filter_pool().give_back(
+                    self.pool_key.clone(),
+                    Idle {
+                        plugin: self.plugin.clone(),
+                        store: live.store,
+                        bindings: live.bindings,
+                        uses: live.uses,
+                    },
+                );
             }
         }
         self.failed = false;

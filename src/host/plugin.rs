@@ -116,6 +116,8 @@ pub struct LoadedPlugin {
     pub ungranted: Vec<Capability>,
     /// Failure policy.
     pub on_error: OnError,
+    /// Transactions one milter-filter instance may serve (1 = a fresh one each).
+    pub instance_reuse: u32,
     /// Instantiation handle.
     pub pre: Pre,
     /// Circuit breaker of this version.
@@ -382,6 +384,7 @@ pub fn load(engine: &PluginEngine, req: LoadRequest<'_>) -> anyhow::Result<Loade
         imports,
         ungranted,
         on_error: req.entry.on_error,
+        instance_reuse: req.entry.instance_reuse.max(1),
         pre,
         breaker: Breaker::new(req.breaker.clone()),
         counters: Counters::default(),

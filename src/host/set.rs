@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
+use super::breaker::Counters;
 use super::config::{PluginEntry, PluginsSection};
 use super::engine::{PluginEngine, World};
+use super::milter::FilterPool;
 use super::plugin::{LoadRequest, LoadedPlugin, load};
 use super::state::Services;
 
@@ -43,6 +46,7 @@ pub struct PluginHost {
     expect: HashMap<String, World>,
     current: ArcSwap<HashMap<String, Arc<LoadedPlugin>>>,
     reload_lock: Mutex<()>,
+    filters: FilterPool,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -78,6 +82,7 @@ impl PluginHost {
             expect,
             current: ArcSwap::from_pointee(HashMap::new()),
             reload_lock: Mutex::new(()),
+            filters: FilterPool::new(section.idle_instances as usize),
         };
         let report = host.reload();
         if !report.failed.is_empty() {
@@ -94,6 +99,11 @@ impl PluginHost {
     /// The engine.
     pub fn engine(&self) -> &Arc<PluginEngine> {
         &self.engine
+    }
+
+    /// Idle milter-filter instances of plugins with `instance_reuse` above 1.
+    pub fn filter_pool(&self) -> &FilterPool {
+        &self.filters
     }
 
     /// Capability services.
@@ -187,6 +197,10 @@ impl PluginHost {
             }
         }
         self.current.store(Arc::new(next));
+        if !report.loaded.is_empty() {
+            // Instances of replaced versions would only be dropped at their next checkout.
+            self.filters.clear();
+        }
         report
     }
 
@@ -237,11 +251,72 @@ impl PluginHost {
         Ok(WatchHandle { _watcher: watcher })
     }
 
+    /// Prometheus text of the current plugin versions' counters and the idle pool. The
+    /// counters belong to a version, so they start again from 0 after a reload (the
+    /// `version` label changes with them).
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering::Relaxed;
+        let current = self.current.load();
+        let mut names: Vec<&String> = current.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        let series: [(&str, &str, CounterOf); 5] = [
+            (
+                "wasmail_plugin_calls_total",
+                "Plugin calls that returned normally.",
+                |c| &c.calls,
+            ),
+            (
+                "wasmail_plugin_instances_total",
+                "Plugin instances created.",
+                |c| &c.instances,
+            ),
+            (
+                "wasmail_plugin_reused_total",
+                "Milter transactions served by a reused instance (instance_reuse).",
+                |c| &c.reused,
+            ),
+            (
+                "wasmail_plugin_failures_total",
+                "Plugin failures of every kind (trap, deadline, memory, limit, denied).",
+                |c| &c.failures,
+            ),
+            (
+                "wasmail_plugin_skipped_total",
+                "Calls skipped because the plugin's circuit breaker was open.",
+                |c| &c.skipped,
+            ),
+        ];
+        for (metric, help, get) in series {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for name in &names {
+                let p = &current[*name];
+                let _ = writeln!(
+                    out,
+                    "{metric}{{plugin=\"{name}\",version=\"{}\"}} {}",
+                    p.meta.version,
+                    get(&p.counters).load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wasmail_plugin_idle_instances Milter-filter instances waiting for reuse.\n\
+             # TYPE wasmail_plugin_idle_instances gauge\nwasmail_plugin_idle_instances {}",
+            self.filters.len()
+        );
+        out
+    }
+
     /// The plugin directory.
     pub fn dir(&self) -> &Path {
         &self.section.dir
     }
 }
+
+/// Picks one counter out of a plugin version's [`Counters`].
+type CounterOf = fn(&Counters) -> &AtomicU64;
 
 /// Keeps the directory watcher alive.
 pub struct WatchHandle {

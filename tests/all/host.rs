@@ -182,6 +182,118 @@ fn each_message_gets_a_fresh_instance_with_connect_and_helo_replayed() {
     assert_eq!(counter(&f.host, "stamp", |c| &c.instances), 2);
 }
 
+fn reusing(toml: &str) -> String {
+    toml.replace(
+        "file = \"stamp.wasm\"\n",
+        "file = \"stamp.wasm\"\ninstance_reuse = 100\n",
+    )
+}
+
+#[test]
+fn reused_instances_start_every_transaction_clean() {
+    let f = host(&reusing(STAMP), &["stamp"]);
+    let seen = |o: &[(Stage, Outcome)]| header_edit(eom(o), "X-Wasmail-Seen").unwrap().to_string();
+    // Connection 1: a message, an aborted one (after RCPT), another message.
+    let mut r = runner(&f.host, &["stamp"]);
+    let mut first = connect_events();
+    first.extend(simple_message());
+    let s1 = seen(&run(&mut r, first));
+    let mut aborted = simple_message();
+    aborted.truncate(2);
+    let out = run(&mut r, aborted);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let s2 = seen(&run(&mut r, simple_message()));
+    drop(r);
+    // Connection 2 takes the same instance.
+    let mut r = runner(&f.host, &["stamp"]);
+    let mut events = connect_events();
+    events.extend(simple_message());
+    let s3 = seen(&run(&mut r, events));
+    assert_eq!(
+        s1, s2,
+        "on-abort reset the state of the aborted transaction"
+    );
+    assert_eq!(s1, s3, "a new connection sees a clean instance");
+    assert_eq!(s1.matches("mail-from").count(), 1, "{s1}");
+    assert_eq!(counter(&f.host, "stamp", |c| &c.instances), 1);
+    assert_eq!(counter(&f.host, "stamp", |c| &c.reused), 3);
+    assert_eq!(f.host.filter_pool().len(), 1);
+    let metrics = f.host.render_prometheus();
+    assert!(
+        metrics.contains("wasmail_plugin_reused_total{plugin=\"stamp\",version=")
+            && metrics.contains("wasmail_plugin_idle_instances 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn reuse_ends_after_instance_reuse_transactions() {
+    let f = host(
+        &STAMP.replace(
+            "file = \"stamp.wasm\"\n",
+            "file = \"stamp.wasm\"\ninstance_reuse = 2\n",
+        ),
+        &["stamp"],
+    );
+    for _ in 0..5 {
+        full(&f.host, &["stamp"]);
+    }
+    // Transactions 1-2, 3-4 and 5 ran on three instances.
+    assert_eq!(counter(&f.host, "stamp", |c| &c.instances), 3);
+    assert_eq!(counter(&f.host, "stamp", |c| &c.reused), 2);
+}
+
+#[test]
+fn a_failed_instance_is_never_reused() {
+    let toml = faulty("trap", "continue", "mail-from").replace(
+        "on_error = \"continue\"\n",
+        "on_error = \"continue\"\ninstance_reuse = 100\n",
+    );
+    let f = host(&toml, &["faulty"]);
+    for _ in 0..3 {
+        assert_eq!(eom(&full(&f.host, &["faulty"])).verdict, Verdict::Continue);
+    }
+    assert_eq!(counter(&f.host, "faulty", |c| &c.failures), 3);
+    assert_eq!(counter(&f.host, "faulty", |c| &c.instances), 3);
+    assert_eq!(counter(&f.host, "faulty", |c| &c.reused), 0);
+    assert!(f.host.filter_pool().is_empty());
+}
+
+#[test]
+fn reused_instances_stay_within_their_domain_chain() {
+    use wasmail::host::milter::HostDomainChains;
+    let f = host(&reusing(STAMP), &["stamp"]);
+    let chains: std::collections::BTreeMap<String, Vec<String>> = ["a.example", "b.example"]
+        .into_iter()
+        .map(|d| (d.to_string(), vec!["stamp".to_string()]))
+        .collect();
+    let chains = Arc::new(chains);
+    let message_to = |rcpt: &str| {
+        let mut r = ChainRunner::new(
+            Vec::new(),
+            Box::new(HostDomainChains::new(f.host.clone(), chains.clone())),
+        );
+        let mut events = connect_events();
+        events.extend(message_events(
+            "x@example.org",
+            rcpt,
+            headers(&[("Subject", "s")]),
+            b"b\r\n",
+        ));
+        let out = run(&mut r, events);
+        header_edit(eom(&out), "X-Wasmail-Seen").map(str::to_string)
+    };
+    let a1 = message_to("u@a.example").expect("a.example's chain ran");
+    let b1 = message_to("u@b.example").expect("b.example's chain ran");
+    let a2 = message_to("v@a.example").expect("a.example's chain ran again");
+    assert_eq!(a1, a2);
+    assert_eq!(a1, b1);
+    // One instance per domain: b.example never got a.example's instance.
+    assert_eq!(counter(&f.host, "stamp", |c| &c.instances), 2);
+    assert_eq!(counter(&f.host, "stamp", |c| &c.reused), 1);
+    assert_eq!(f.host.filter_pool().len(), 2);
+}
+
 fn faulty(mode: &str, on_error: &str, stage: &str) -> String {
     format!(
         r#"
@@ -385,12 +497,22 @@ fn write_atomically(src: &Path, dst: &Path) {
 
 #[test]
 fn hot_reload_under_concurrent_load_loses_no_transaction() {
+    hot_reload_under_load(1);
+}
+
+#[test]
+fn hot_reload_under_concurrent_load_with_reused_instances() {
+    hot_reload_under_load(1000);
+}
+
+fn hot_reload_under_load(instance_reuse: u32) {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("p.wasm");
     let (stamp, noop) = (support::plugin("stamp"), support::plugin("noop"));
     write_atomically(&stamp, &live);
     let toml = format!(
-        "[plugins]\ndir = \"{}\"\nwatch = false\n[plugin.p]\nfile = \"p.wasm\"\non_error = \"tempfail\"\n",
+        "[plugins]\ndir = \"{}\"\nwatch = false\n[plugin.p]\nfile = \"p.wasm\"\non_error = \"tempfail\"\n\
+         instance_reuse = {instance_reuse}\n",
         dir.path().display()
     );
     let (_d, host) = try_host(&toml, &["p"]);

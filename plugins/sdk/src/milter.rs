@@ -106,7 +106,10 @@ pub trait Filter: 'static {
         Outcome::default()
     }
 
-    /// The transaction was aborted; the instance is dropped after this.
+    /// The transaction ended without `on_end_of_message` (aborted, refused earlier, or
+    /// answered at the body stage). A fresh instance is then dropped; a reused one
+    /// (`instance_reuse`) serves the next transaction. `instance_state!` values are reset
+    /// after this returns.
     fn on_abort() {}
 }
 
@@ -136,10 +139,13 @@ impl<T: Filter> exports::wasmail::plugin::filter::Guest for T {
         T::on_body_chunk(chunk, truncated)
     }
     fn on_end_of_message() -> Outcome {
-        T::on_end_of_message()
+        let outcome = T::on_end_of_message();
+        crate::state::end_transaction();
+        outcome
     }
     fn on_abort() {
-        T::on_abort()
+        T::on_abort();
+        crate::state::end_transaction();
     }
 }
 
