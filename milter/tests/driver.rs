@@ -539,6 +539,33 @@ async fn e36_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn e36_the_idle_timeout_counts_from_the_last_command_not_the_first() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(400),
+        ..ServerConfig::default()
+    };
+    let server = start_with(Factory::new(), config, false).await;
+    let mut c = session(&server).await;
+    // Busy for three idle timeouts in all, never silent for one.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = message(&mut c, b"still here\r\n").await;
+        assert_eq!(r.action, Action::Continue);
+    }
+    // Then silent: closed after the timeout.
+    let silent = std::time::Instant::now();
+    c.expect_closed().await.unwrap();
+    assert!(
+        silent.elapsed() >= Duration::from_millis(350),
+        "closed {:?} after the last command",
+        silent.elapsed()
+    );
+    let ended = server.factory.wait_ended(1).await;
+    assert!(ended[0].contains("no command for 400ms"), "{ended:?}");
+}
+
+#[tokio::test]
 async fn e36_connection_limit_applies_backpressure() {
     let config = ServerConfig {
         max_connections: 2,

@@ -511,6 +511,11 @@ async fn drive<S: Transport, M: Milter>(
 ) -> Result<(), SessionError> {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(1024);
+    // One idle timer per connection, re-armed lazily: a read only notes when it started,
+    // and the timer, when it fires, checks whether the current read has really waited that
+    // long. Arming a timer per read would take the runtime's timer lock twice per command.
+    let idle_timer = sleep_until(Instant::now() + config.idle_timeout);
+    tokio::pin!(idle_timer);
     loop {
         if let Some(frame) = decode_frame(&mut input, config.max_frame)? {
             let code = frame.code;
@@ -550,11 +555,17 @@ async fn drive<S: Transport, M: Milter>(
             return Ok(());
         }
         stream.before_read();
-        let idle = Instant::now() + config.idle_timeout;
+        let idle_until = Instant::now() + config.idle_timeout;
         let n = loop {
             tokio::select! {
+                biased;
                 r = stream.read_buf(&mut input) => break r?,
-                () = sleep_until(idle) => return Err(SessionError::IdleTimeout(config.idle_timeout)),
+                () = &mut idle_timer => {
+                    if Instant::now() >= idle_until {
+                        return Err(SessionError::IdleTimeout(config.idle_timeout));
+                    }
+                    idle_timer.as_mut().reset(idle_until);
+                }
                 r = shutdown.changed(), if !*shutdown.borrow() => {
                     if r.is_err() || (*shutdown.borrow() && !session.in_message() && input.is_empty()) {
                         return Ok(());
@@ -604,17 +615,25 @@ async fn handle_event<S: Transport, M: Milter>(
         let cx = context(session, peer);
         let call = call_handler(milter, &cx, &event, &mut edits);
         tokio::pin!(call);
-        let mut ticker = tokio::time::interval_at(
-            Instant::now() + config.progress_interval,
-            config.progress_interval,
-        );
-        loop {
-            tokio::select! {
-                action = &mut call => break Some(action),
-                () = sleep_until(deadline) => break None,
-                _ = ticker.tick(), if progress => {
-                    Response::Progress.encode(out);
-                    write_out(stream, out).await?;
+        // Most handlers answer without waiting (wasmail runs plugin calls inline): they
+        // need no deadline timer and no progress ticker, which would cost two trips
+        // through the runtime's timer lock per command.
+        match std::future::poll_fn(|tcx| Poll::Ready(call.as_mut().poll(tcx))).await {
+            Poll::Ready(action) => Some(action),
+            Poll::Pending => {
+                let mut ticker = tokio::time::interval_at(
+                    Instant::now() + config.progress_interval,
+                    config.progress_interval,
+                );
+                loop {
+                    tokio::select! {
+                        action = &mut call => break Some(action),
+                        () = sleep_until(deadline) => break None,
+                        _ = ticker.tick(), if progress => {
+                            Response::Progress.encode(out);
+                            write_out(stream, out).await?;
+                        }
+                    }
                 }
             }
         }
