@@ -140,37 +140,83 @@ where
     Ok(())
 }
 
+/// What a connection's reads wait on besides the socket: its idle timeout and shutdown.
+/// Both are set up once per connection and re-armed lazily: a timer or a shutdown watch
+/// armed per read would take the runtime's shared timer lock and the watch's lock twice
+/// for every request, which costs more than a lookup itself on a busy listener.
+pub struct ReadWait {
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for ReadWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadWait")
+            .field("idle", &self.idle)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadWait {
+    /// Reads of one connection: at most `idle` without input, and none after `shutdown`.
+    pub fn new(idle: Duration, shutdown: &watch::Receiver<bool>) -> ReadWait {
+        let mut rx = shutdown.clone();
+        ReadWait {
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            stop: Box::pin(async move { flipped(&mut rx).await }),
+            stopped: false,
+        }
+    }
+}
+
 /// Reads more bytes into `buf`; false on EOF, a read error, an idle timeout or shutdown
 /// (each logged at the right level with `peer`).
 pub async fn fill<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    wait: &mut ReadWait,
     peer: &str,
 ) -> bool {
+    if wait.stopped {
+        return false;
+    }
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    tokio::select! {
-        r = tokio::time::timeout(idle, stream.read_buf(buf)) => match r {
-            Ok(Ok(0)) => {
-                if !buf.is_empty() {
-                    warn!(peer, pending = buf.len(), "client closed in the middle of a request");
+    let until = tokio::time::Instant::now() + wait.idle;
+    loop {
+        tokio::select! {
+            biased;
+            r = stream.read_buf(buf) => return match r {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        warn!(peer, pending = buf.len(), "client closed in the middle of a request");
+                    }
+                    false
                 }
-                false
+                Ok(_) => true,
+                Err(e) => {
+                    debug!(peer, error = %e, "read failed");
+                    false
+                }
+            },
+            // Armed for an earlier read: only a timeout if this read waited that long.
+            () = wait.timer.as_mut() => {
+                if tokio::time::Instant::now() >= until {
+                    debug!(peer, idle_secs = wait.idle.as_secs(), "idle connection closed");
+                    return false;
+                }
+                wait.timer.as_mut().reset(until);
             }
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                debug!(peer, error = %e, "read failed");
-                false
+            () = wait.stop.as_mut() => {
+                wait.stopped = true;
+                return false;
             }
-            Err(_) => {
-                debug!(peer, idle_secs = idle.as_secs(), "idle connection closed");
-                false
-            }
-        },
-        () = flipped(shutdown) => false,
+        }
     }
 }
 
@@ -195,8 +241,8 @@ pub async fn next_round<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    wait: &mut ReadWait,
+    shutdown: &watch::Receiver<bool>,
     peer: &str,
 ) -> bool {
     if !out.is_empty() && !write(stream, out, peer).await {
@@ -205,7 +251,7 @@ pub async fn next_round<S: AsyncRead + AsyncWrite + Unpin>(
     if *shutdown.borrow() && buf.is_empty() {
         return false;
     }
-    fill(stream, buf, idle, shutdown, peer).await
+    fill(stream, buf, wait, peer).await
 }
 
 /// Serves one HTTP/1.1 connection with `service` until the client closes it or shutdown
@@ -244,5 +290,50 @@ pub async fn serve_http1<S, B>(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, service = what, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_time_out_after_idle_from_the_last_input_and_stop_at_shutdown() {
+        let (tx, rx) = watch::channel(false);
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut wait = ReadWait::new(Duration::from_millis(300), &rx);
+        let mut buf = BytesMut::new();
+        // Input every 100 ms for three idle periods: never a timeout.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(900) {
+            let write = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                client.write_all(b"x").await.unwrap();
+            };
+            let (_, ok) = tokio::join!(write, fill(&mut server, &mut buf, &mut wait, "test"));
+            assert!(ok, "closed after {:?}", started.elapsed());
+        }
+        // Silence: a timeout one idle period after this read started.
+        let silent = Instant::now();
+        assert!(!fill(&mut server, &mut buf, &mut wait, "test").await);
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_millis(900),
+            "{waited:?}"
+        );
+        // Shutdown ends a waiting read at once, and every later one.
+        let mut wait = ReadWait::new(Duration::from_secs(60), &rx);
+        let flip = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(true).unwrap();
+        };
+        let (_, ok) = tokio::join!(flip, fill(&mut server, &mut buf, &mut wait, "test"));
+        assert!(!ok);
+        client.write_all(b"y").await.unwrap();
+        assert!(!fill(&mut server, &mut buf, &mut wait, "test").await);
     }
 }

@@ -417,10 +417,11 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &str,
     front: &Front,
     idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut session = Session::new(&front.hostname, front.limits);
     let mut buf = BytesMut::with_capacity(8192);
+    let mut wait = listen::ReadWait::new(idle, &shutdown);
     let mut groups: Vec<Group> = Vec::new();
     let mut serial = 0;
     loop {
@@ -474,7 +475,7 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = listen::write(&mut stream, &mut out, peer).await;
             break;
         }
-        if !listen::fill(&mut stream, &mut buf, idle, &mut shutdown, peer).await {
+        if !listen::fill(&mut stream, &mut buf, &mut wait, peer).await {
             break;
         }
     }

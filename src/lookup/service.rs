@@ -106,10 +106,11 @@ async fn socketmap_conn<S: AsyncRead + AsyncWrite + Unpin>(
     tables: &Tables,
     max_request: usize,
     idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(512);
+    let mut wait = listen::ReadWait::new(idle, &shutdown);
     loop {
         // Answer every complete request already buffered, then write once.
         loop {
@@ -127,7 +128,7 @@ async fn socketmap_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, &mut wait, &shutdown, peer).await {
             return;
         }
     }
@@ -139,10 +140,11 @@ async fn tcp_conn<S: AsyncRead + AsyncWrite + Unpin>(
     tables: &Tables,
     table: &str,
     idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(512);
+    let mut wait = listen::ReadWait::new(idle, &shutdown);
     loop {
         loop {
             match tcp::decode_request(&mut buf) {
@@ -184,7 +186,7 @@ async fn tcp_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, &mut wait, &shutdown, peer).await {
             return;
         }
     }

@@ -134,11 +134,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &str,
     policy: &Policy,
     idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let limits = policy::Limits::default();
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(256);
+    let mut wait = listen::ReadWait::new(idle, &shutdown);
     loop {
         loop {
             match policy::decode_request(&mut buf, &limits) {
@@ -180,7 +181,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !listen::next_round(&mut stream, &mut buf, &mut out, idle, &mut shutdown, peer).await {
+        if !listen::next_round(&mut stream, &mut buf, &mut out, &mut wait, &shutdown, peer).await {
             return;
         }
     }
