@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end Postfix throughput with and without a milter, side by side in one run.
 #
-#   benches/postfix_e2e.sh [MESSAGES] [SESSIONS] [BODY_BYTES]
+#   benches/postfix_e2e.sh [MESSAGES] [SESSIONS] [BODY_BYTES]     (ROUNDS=3 in the environment)
 #
 # Starts a private Postfix instance on 127.0.0.1 (relayhost = an smtp-sink on loopback), then
 # for each row sends MESSAGES with smtp-source over SESSIONS parallel SMTP sessions and times
-# until every message has left the queue:
+# until every message has left the queue, ROUNDS times with the rows interleaved; the table
+# gives each row's median:
 #   baseline   no milter
 #   libmilter  Debian libmilter no-op milter (all stages, adds one header) on a unix socket
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
@@ -18,6 +19,7 @@ ROOT=$PWD
 N=${1:-2000}
 S=${2:-8}
 L=${3:-4096}
+ROUNDS=${ROUNDS:-3}
 WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
 
@@ -91,40 +93,46 @@ run_row() {
   echo "$name $rate $sent" >> "$T/rows"
 }
 
-echo "Postfix $(postconf -d -h mail_version), $N messages, $S sessions, $L-byte bodies, $(nproc) cores"
-run_row baseline ""
-
 cc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
 "$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
 PIDS+=($!)
-sleep 0.5
-chmod 666 "$T/run/libmilter.sock"
-run_row libmilter "unix:$T/run/libmilter.sock"
-
+ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock")
 if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" benches/wasmail-bench.toml > "$T/wasmail.toml"
-  "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
-  PIDS+=($!)
-  for _ in $(seq 100); do [ -S "$T/run/milter.sock" ] && break; sleep 0.1; done
-  chmod 666 "$T/run/milter.sock"
-  run_row wasmail "unix:$T/run/milter.sock"
   # The same chain with every plugin's instance_reuse = 1000.
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" -e "s#milter.sock#milter-reuse.sock#" \
     -e '/^grants = /a instance_reuse = 1000' benches/wasmail-bench.toml > "$T/wasmail-reuse.toml"
+  "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
+  PIDS+=($!)
   "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
   PIDS+=($!)
-  for _ in $(seq 100); do [ -S "$T/run/milter-reuse.sock" ] && break; sleep 0.1; done
-  chmod 666 "$T/run/milter-reuse.sock"
-  run_row wasmail-reuse "unix:$T/run/milter-reuse.sock"
+  ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock")
 else
-  echo "wasmail row skipped: build with scripts/setup.sh first" >&2
+  echo "wasmail rows skipped: build with scripts/setup.sh first" >&2
 fi
+for s in libmilter milter milter-reuse; do
+  for _ in $(seq 100); do [ -S "$T/run/$s.sock" ] && break; sleep 0.1; done
+  [ -S "$T/run/$s.sock" ] && chmod 666 "$T/run/$s.sock"
+done
+
+echo "Postfix $(postconf -d -h mail_version), $N messages, $S sessions, $L-byte bodies, $(nproc) cores, $ROUNDS rounds"
+# Rows interleaved, round after round, so a drift of this shared machine hits every row.
+for r in $(seq "$ROUNDS"); do
+  for row in "${ROWS[@]}"; do run_row "${row%%|*}" "${row#*|}"; done
+done
 
 python3 - "$T/rows" <<'PY'
-import sys
-rows = {l.split()[0]: float(l.split()[1]) for l in open(sys.argv[1])}
-base = rows.get("baseline")
-for k, v in rows.items():
-    if k != "baseline" and base:
-        print(f"{k}: {v/base*100:.0f}% of Postfix without milter")
+import statistics, sys
+rates = {}
+for line in open(sys.argv[1]):
+    name, rate, _ = line.split()
+    rates.setdefault(name, []).append(float(rate))
+base = statistics.median(rates["baseline"])
+print()
+print("| row | msg/s (median of rounds) | rounds | of Postfix without milter |")
+print("|---|---|---|---|")
+for name, v in rates.items():
+    m = statistics.median(v)
+    each = ", ".join(f"{x:.0f}" for x in v)
+    print(f"| {name} | {m:.1f} | {each} | {m / base * 100:.0f}% |")
 PY

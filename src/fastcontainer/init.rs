@@ -710,8 +710,11 @@ fn supervise(worker: Pid, mut exit: fs::File) -> i32 {
             Err(_) => {}
         }
     };
-    // Anything the worker left behind goes with it.
-    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    // Anything the worker left behind goes with it. kill(-1) reaches every process this
+    // one may signal: only the namespace's own as its PID 1, the whole host otherwise.
+    if nix::unistd::getpid().as_raw() == 1 {
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    }
     loop {
         let mut st = 0;
         // SAFETY: waitpid writes the status into our local.

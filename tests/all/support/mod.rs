@@ -119,8 +119,12 @@ impl Serve {
 
     /// Sends SIGTERM and waits for exit (up to `timeout`); returns the exit status.
     pub fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
-        // SAFETY: kill with a valid pid of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // Only a child not reaped yet: a reaped child's pid may belong to another process
+        // by now (pid_max is 32768 here, and a full test run starts thousands).
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill with the pid of our own unreaped child.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        }
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -217,11 +217,29 @@ impl Postfix {
             .args(extra);
         // swaks's own --timeout is per SMTP step; this bounds the whole conversation.
         let out = super::output_within(&mut cmd, Duration::from_secs(180));
-        let text = format!(
+        let mut text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if text.contains("<** Timeout") {
+            // Postfix took a connection and never answered: what its master and the
+            // daemons logged says why (a throttled service, a daemon stuck at start-up).
+            let ps = Command::new("ps")
+                .args(["-eo", "pid,ppid,etimes,stat,wchan:20,args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let postfix_ps: String = ps
+                .lines()
+                .filter(|l| l.contains("postfix") || l.contains("PID"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.push_str(&format!(
+                "\n--- Postfix log ---\n{}\n--- Postfix processes ---\n{postfix_ps}",
+                self.log()
+            ));
+        }
         (out.status.code().unwrap_or(-1), text)
     }
 
