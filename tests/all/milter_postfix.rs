@@ -342,24 +342,43 @@ fn queued_mail_survives_a_failing_plugin(mode: &str) {
 
 #[test]
 fn two_hundred_messages_over_ten_connections_through_the_example_plugins() {
-    let test = "two_hundred_messages_over_ten_connections_through_the_example_plugins";
+    two_hundred_messages(
+        "two_hundred_messages_over_ten_connections_through_the_example_plugins",
+        1,
+    );
+}
+
+#[test]
+fn two_hundred_messages_with_reused_plugin_instances() {
+    two_hundred_messages("two_hundred_messages_with_reused_plugin_instances", 50);
+}
+
+/// 200 messages over 10 SMTP connections through three plugins with `instance_reuse`:
+/// none lost, and every message was seen by plugins in a clean state.
+fn two_hundred_messages(test: &str, instance_reuse: u32) {
     if !prerequisites(test) || !support::require_program(test, "smtp-source") {
         return;
     }
-    let (_serve, pf) = start(
+    let (serve, pf) = start_with(
         &["tag", "attachments", "stamp"],
-        r#"
+        &r#"
 [plugin.tag]
 file = "{plugins}/subject-tag.wasm"
 grants = ["config"]
+instance_reuse = REUSE
 [plugin.attachments]
 file = "{plugins}/attachment-block.wasm"
 grants = ["message", "config", "log"]
+instance_reuse = REUSE
 [plugin.stamp]
 file = "{plugins}/stamp.wasm"
+instance_reuse = REUSE
 [plugin.stamp.settings]
 value = "load"
-"#,
+"#
+        .replace("REUSE", &instance_reuse.to_string()),
+        "[admin]\nlisten = \"unix:{dir}/admin.sock\"\n",
+        "",
     );
     let out = support::output_within(
         std::process::Command::new(support::which("smtp-source").unwrap())
@@ -377,8 +396,48 @@ value = "load"
     assert_eq!(got.len(), 200, "no message lost");
     for m in &got {
         assert_eq!(header(m, "X-Wasmail-Stamp"), Some("load"));
+        // One transaction's calls only: state from an earlier message on a reused
+        // instance would show a second mail-from here.
+        let seen = header(m, "X-Wasmail-Seen").expect("X-Wasmail-Seen");
+        assert_eq!(seen.matches("mail-from").count(), 1, "{seen}");
+        assert_eq!(seen.matches("end-of-headers").count(), 1, "{seen}");
+        assert_eq!(
+            m.lines()
+                .filter(|l| l.starts_with("X-Wasmail-Stamp:"))
+                .count(),
+            1,
+            "{m}"
+        );
     }
     assert_eq!(pf.queue_count("deferred"), 0);
+    // The admin API's counters say how often an instance was reused.
+    let metrics = admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
+    let reused: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("wasmail_plugin_reused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    if instance_reuse > 1 {
+        assert!(reused >= 200, "reused {reused} times:\n{metrics}");
+    } else {
+        assert_eq!(reused, 0, "{metrics}");
+    }
+}
+
+/// GET `path` from the admin API on a unix socket; the response body.
+fn admin_get(socket: &std::path::Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: wasmail\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
 }
 
 #[test]
