@@ -13,7 +13,7 @@ use super::bindings::policy::exports::wasmail::plugin::access as waccess;
 use super::bindings::table::Table as TableBindings;
 use super::bindings::table::exports::wasmail::plugin::lookup as wlookup;
 use super::breaker::FailureKind;
-use super::plugin::{LoadedPlugin, Pre, new_store};
+use super::plugin::{LoadedPlugin, Pre, new_store, refuel};
 use super::set::PluginHost;
 use super::state::HostState;
 
@@ -269,14 +269,7 @@ impl TablePool {
         pooled
             .store
             .set_epoch_deadline(engine.ticks(limits.call_deadline));
-        if engine.fuel() {
-            let fuel = if limits.fuel == 0 {
-                u64::MAX
-            } else {
-                limits.fuel
-            };
-            let _ = pooled.store.set_fuel(fuel);
-        }
+        refuel(engine, &mut pooled.store, &plugin.meta);
         pooled.store.data_mut().begin_request();
         let result = try_candidates(
             &pooled.instance,

@@ -41,7 +41,7 @@ use super::bindings::milter::wasmail::plugin::types as wtypes;
 use super::breaker::FailureKind;
 use super::caps::message::assemble;
 use super::config::OnError;
-use super::plugin::{BodyMode, LoadedPlugin, Pre, new_store};
+use super::plugin::{BodyMode, LoadedPlugin, Pre, new_store, refuel};
 use super::set::PluginHost;
 use super::state::{HostState, SharedMacros};
 use crate::milter_service::chain::{
@@ -416,14 +416,7 @@ impl WasmFilter {
             state.begin_request();
             state.message = Default::default();
             state.macros = self.macros.clone();
-            let engine = self.host.engine();
-            if engine.fuel() {
-                let fuel = match self.plugin.meta.limits.fuel {
-                    0 => u64::MAX,
-                    f => f,
-                };
-                let _ = store.set_fuel(fuel);
-            }
+            refuel(self.host.engine(), &mut store, &self.plugin.meta);
             self.plugin
                 .counters
                 .reused

@@ -405,15 +405,20 @@ pub fn new_store(
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_trap();
     store.set_epoch_deadline(engine.ticks(meta.limits.call_deadline));
+    refuel(engine, &mut store, meta);
+    store
+}
+
+/// Gives `store` the plugin's full per-transaction fuel budget again (when `[plugins] fuel`
+/// is on; 0 = unlimited), for a new store or a reused instance's next transaction.
+pub fn refuel(engine: &PluginEngine, store: &mut Store<HostState>, meta: &PluginMeta) {
     if engine.fuel() {
-        let fuel = if meta.limits.fuel == 0 {
-            u64::MAX
-        } else {
-            meta.limits.fuel
+        let fuel = match meta.limits.fuel {
+            0 => u64::MAX,
+            f => f,
         };
         store.set_fuel(fuel).expect("fuel is enabled");
     }
-    store
 }
 
 fn describe(

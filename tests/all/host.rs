@@ -711,3 +711,24 @@ fn fuel_budget_stops_a_busy_plugin_deterministically() {
         "out of fuel counts as a timeout"
     );
 }
+
+#[test]
+fn a_reused_instance_gets_its_full_fuel_budget_every_transaction() {
+    // One stamp transaction takes 20,000-50,000 instructions (measured); 100,000 is one
+    // transaction's budget with room to spare, and 20 transactions need far more than that
+    // together: they only pass if every transaction starts with a full budget.
+    let toml = reusing(STAMP)
+        .replace("[plugins]\n", "[plugins]\nfuel = true\n")
+        .replace(
+            "instance_reuse = 100\n",
+            "instance_reuse = 100\n[plugin.stamp.limits]\nfuel = 100000\n",
+        );
+    let f = host(&toml, &["stamp"]);
+    for _ in 0..20 {
+        let out = full(&f.host, &["stamp"]);
+        assert_eq!(eom(&out).verdict, Verdict::Continue, "{out:?}");
+    }
+    assert_eq!(counter(&f.host, "stamp", |c| &c.failures), 0);
+    assert_eq!(counter(&f.host, "stamp", |c| &c.instances), 1);
+    assert_eq!(counter(&f.host, "stamp", |c| &c.reused), 19);
+}
