@@ -12,7 +12,9 @@
 //! - `per_message/*`: one SMTP session with one message, as Postfix sends it (CONNECT,
 //!   HELO, MAIL, RCPT, 20 headers, EOH, one 64 KiB body chunk, EOM, end of transaction):
 //!   new `ChainRunner` + `WasmFilter`, new store and instance at CONNECT, eight calls,
-//!   instance dropped at end of transaction. `instantiate_only` is new store, instantiate
+//!   instance dropped at end of transaction; `*_reused` is the same with the plugin's
+//!   `instance_reuse` on, so the instance comes from the pool and goes back to it
+//!   (`on-end-of-message` and the SDK's state reset included). `instantiate_only` is new store, instantiate
 //!   and drop; `store_only` is new store and drop (the per-store `HostState`/WASI setup).
 //!   `raw_bindings_64k` is the same eight calls through the generated bindings on a fresh
 //!   store, without the adapter and the chain (the wasmtime floor with this engine config).
@@ -75,12 +77,22 @@ file = "noop.wasm"
 file = "stamp.wasm"
 [plugin.stamp.settings]
 value = "bench"
+
+[plugin.noop-reused]
+file = "noop.wasm"
+instance_reuse = 1000000
+
+[plugin.stamp-reused]
+file = "stamp.wasm"
+instance_reuse = 1000000
+[plugin.stamp-reused.settings]
+value = "bench"
 "#,
         dir.display()
     );
     let at = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/plugin_host.toml");
     let config = Config::from_str_at(&text, &at).unwrap_or_else(|e| panic!("config: {e}"));
-    let expect: HashMap<String, World> = ["noop", "stamp"]
+    let expect: HashMap<String, World> = ["noop", "stamp", "noop-reused", "stamp-reused"]
         .into_iter()
         .map(|n| (n.to_string(), World::MilterFilter))
         .collect();
@@ -223,6 +235,12 @@ fn sanity(host: &Arc<PluginHost>, name: &str) {
         p.counters.calls.load(Ordering::Relaxed),
         p.counters.instances.load(Ordering::Relaxed),
     );
+    // A reusing plugin creates its instance once; the other makes one per message.
+    let new_instances = if name.ends_with("-reused") {
+        u64::from(instances == 0)
+    } else {
+        1
+    };
     let mut r = runner(host, name);
     let mut last = None;
     for ev in message() {
@@ -243,11 +261,11 @@ fn sanity(host: &Arc<PluginHost>, name: &str) {
     );
     assert_eq!(
         p.counters.instances.load(Ordering::Relaxed) - instances,
-        1,
+        new_instances,
         "{name}: instances"
     );
     let edits = last.expect("some outcome").edits;
-    if name == "stamp" {
+    if name.starts_with("stamp") {
         assert!(
             edits
                 .iter()
@@ -321,8 +339,15 @@ fn per_message(c: &mut Criterion, host: &Arc<PluginHost>) {
         .measurement_time(Duration::from_secs(5))
         .sample_size(30);
     let events = message();
-    for name in ["noop", "stamp"] {
-        g.bench_function(format!("{name}_64k"), |b| {
+    // `*-reused`: the same plugins with `instance_reuse`, so the instance is created once
+    // and every message after that runs on it.
+    for (name, label) in [
+        ("noop", "noop_64k"),
+        ("stamp", "stamp_64k"),
+        ("noop-reused", "noop_64k_reused"),
+        ("stamp-reused", "stamp_64k_reused"),
+    ] {
+        g.bench_function(label, |b| {
             // The events are built outside the timed region (the milter service gets them
             // from its decoder); everything the host does with them is timed, including
             // dropping them. Batched setup means the 64 KiB body is not cache-hot.
@@ -453,8 +478,19 @@ fn benches(c: &mut Criterion) {
         host.engine().allocation(),
         if pagemap { "on" } else { "off" },
     );
-    sanity(&host, "noop");
-    sanity(&host, "stamp");
+    for name in ["noop", "stamp", "noop-reused", "stamp-reused"] {
+        sanity(&host, name);
+    }
+    // Twice: the second message of a reusing plugin runs on the first one's instance.
+    sanity(&host, "noop-reused");
+    assert!(
+        plugin(&host, "noop-reused")
+            .counters
+            .reused
+            .load(Ordering::Relaxed)
+            >= 1,
+        "noop-reused: no instance was reused"
+    );
     per_message(c, &host);
     calls(c, &host);
     eprintln!(
