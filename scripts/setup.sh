@@ -34,6 +34,16 @@ else
   echo "setup: system packages already installed"
 fi
 
+# Postfix daemons log through postlogd's unix datagram socket (maillog_file). A container
+# without systemd-sysctl keeps the kernel's queue of 10 datagrams, and a burst of start-up
+# log lines under load can then wedge a private Postfix instance (postlogd blocks writing
+# its own start-up lines to its full socket). 512 is what a standard Debian host sets.
+qlen=/proc/sys/net/unix/max_dgram_qlen
+if [ -w "$qlen" ] && [ "$(cat "$qlen")" -lt 512 ]; then
+  echo "setup: raising net.unix.max_dgram_qlen from $(cat "$qlen") to 512"
+  echo 512 > "$qlen" || true
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust 1.95 with rustup first" >&2
   exit 1

@@ -405,6 +405,10 @@ fn postfix_takes_domains_mailboxes_aliases_and_transports_from_wasmail() {
     let (code, text) = send("carol@example.com");
     assert_eq!(code, 0, "{text}");
     assert_eq!(pf.wait_delivered("carol", 2, t).len(), 2);
+    // The harness's overrides are written once each: no start-up warning flood (see
+    // support::postfix::last_entries_win).
+    let log = pf.log();
+    assert!(!log.contains("overriding earlier entry"), "{log}");
 }
 
 /// Raw bytes to a socket; returns what came back before the server closed or 2 s passed.

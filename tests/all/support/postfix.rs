@@ -171,7 +171,8 @@ impl Postfix {
             mail = mail.display(),
             root = root.display(),
         );
-        std::fs::write(etc.join("main.cf"), main_cf).unwrap();
+        std::fs::write(etc.join("main.cf"), last_entries_win(&main_cf)).unwrap();
+        raise_dgram_queue();
         std::fs::write(
             etc.join("vmailbox"),
             "bob@example.com example.com/bob/\ncarol@example.com example.com/carol/\n\
@@ -330,6 +331,65 @@ impl Postfix {
     }
 }
 
+/// main.cf text with each parameter defined once, at its last definition (the one Postfix
+/// uses). Postfix warns "overriding earlier entry" for every repeated parameter, in every
+/// program at start-up: postlogd included, before it reads its own socket. Those warnings
+/// could fill the postlog socket's queue and wedge the whole instance (see
+/// [`raise_dgram_queue`]); the harness's `extra` lines override base lines on purpose.
+pub fn last_entries_win(main_cf: &str) -> String {
+    // Entries: a `name = value` line plus its indented continuation lines.
+    let mut entries: Vec<(Option<String>, String)> = Vec::new();
+    for line in main_cf.lines() {
+        let continuation = line.starts_with([' ', '\t']) && !line.trim().is_empty();
+        match entries.last_mut() {
+            Some((Some(_), text)) if continuation => {
+                text.push('\n');
+                text.push_str(line);
+            }
+            _ => {
+                let name = line
+                    .split_once('=')
+                    .map(|(n, _)| n.trim())
+                    .filter(|n| {
+                        !line.trim_start().starts_with('#')
+                            && !n.is_empty()
+                            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    })
+                    .map(str::to_string);
+                entries.push((name, line.to_string()));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (name, text)) in entries.iter().enumerate() {
+        let overridden = name
+            .as_ref()
+            .is_some_and(|n| entries[i + 1..].iter().any(|(m, _)| m.as_ref() == Some(n)));
+        if !overridden {
+            out.push_str(text);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Makes sure the kernel's unix datagram queue is at least 512 deep (what systemd-sysctl
+/// sets on a standard Debian host; a container without it keeps the kernel default of 10).
+/// Postfix's daemons log through postlogd's datagram socket, and postlogd logs its own
+/// start-up messages to that same socket: with a queue of 10, a burst of start-up lines
+/// under load blocked postlogd on itself and every daemon behind it, so smtpd never sent
+/// its greeting. Needs root, as the Postfix tests do; `scripts/setup.sh` sets it too.
+fn raise_dgram_queue() {
+    let path = "/proc/sys/net/unix/max_dgram_qlen";
+    let now: u32 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if now < 512 && std::fs::write(path, "512\n").is_err() {
+        eprintln!("postfix harness: could not raise {path} from {now} to 512");
+    }
+}
+
 fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -366,4 +426,13 @@ impl Drop for Postfix {
             ));
         }
     }
+}
+
+#[test]
+fn main_cf_keeps_the_last_definition_of_each_parameter() {
+    let text = "a = 1\nb = x,\n  y\n# c = comment\nmilter_protocol = 6\nb = z\nc=3\n\na = 2\n";
+    assert_eq!(
+        last_entries_win(text),
+        "# c = comment\nmilter_protocol = 6\nb = z\nc=3\n\na = 2\n"
+    );
 }
