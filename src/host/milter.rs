@@ -421,14 +421,7 @@ impl WasmFilter {
                 .counters
                 .reused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.live = Some(Live {
-                store,
-                bindings: idle.bindings,
-                spent: Duration::ZERO,
-                eom_called: false,
-                uses: idle.uses + 1,
-            });
-            return self.replay(stage);
+            return self.go_live(stage, store, idle.bindings, Duration::ZERO, idle.uses + 1);
         }
         let mut store = new_store(
             self.host.engine(),
@@ -452,12 +445,25 @@ impl WasmFilter {
             .counters
             .instances
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.go_live(stage, store, bindings, started.elapsed(), 1)
+    }
+
+    /// Makes `store` the transaction's instance (its `uses`-th transaction, `spent` already
+    /// used of its budget) and replays the connection-level events into it.
+    fn go_live(
+        &mut self,
+        stage: Stage,
+        store: Store<HostState>,
+        bindings: MilterFilter,
+        spent: Duration,
+        uses: u32,
+    ) -> Result<(), StageResult> {
         self.live = Some(Live {
             store,
             bindings,
-            spent: started.elapsed(),
+            spent,
             eom_called: false,
-            uses: 1,
+            uses,
         });
         self.replay(stage)
     }
