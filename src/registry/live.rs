@@ -183,13 +183,6 @@ mod tests {
     use crate::registry::sqlite::SqliteRegistry;
     use crate::registry::{Domain, Mailbox, RegistryError};
 
-    fn domain(name: &str) -> Domain {
-        Domain {
-            name: name.into(),
-            ..Domain::default()
-        }
-    }
-
     #[test]
     fn refresh_picks_up_another_connections_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -201,7 +194,7 @@ mod tests {
 
         // Another "process": its own connection to the same file.
         let admin = SqliteRegistry::open(&path).unwrap();
-        admin.add_domain(&domain("x.example")).unwrap();
+        admin.add_domain(&Domain::named("x.example")).unwrap();
         admin
             .add_mailbox(&Mailbox {
                 address: "a@x.example".into(),
@@ -222,7 +215,9 @@ mod tests {
     #[test]
     fn writes_through_the_handle_show_after_refresh() {
         let live = Live::new(Arc::new(SqliteRegistry::open_in_memory().unwrap())).unwrap();
-        live.registry().add_domain(&domain("y.example")).unwrap();
+        live.registry()
+            .add_domain(&Domain::named("y.example"))
+            .unwrap();
         assert!(live.snapshot().domain("y.example").is_none());
         assert!(live.refresh().unwrap());
         assert!(live.snapshot().domain("y.example").is_some());
@@ -303,7 +298,7 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         // A poll interval far beyond the test: only the push can refresh.
         let task = live.spawn_refresher(Duration::from_secs(3600), rx);
-        flaky.add_domain(&domain("a.example")).unwrap();
+        flaky.add_domain(&Domain::named("a.example")).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(live.snapshot().domain("a.example").is_none(), "no push yet");
         push.notify_one();
@@ -341,12 +336,12 @@ mod tests {
             }
         }
 
-        flaky.add_domain(&domain("a.example")).unwrap();
+        flaky.add_domain(&Domain::named("a.example")).unwrap();
         until(|| live.snapshot().domain("a.example").is_some()).await;
 
         // While the backend fails, the last good snapshot stays.
         flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        flaky.add_domain(&domain("b.example")).unwrap();
+        flaky.add_domain(&Domain::named("b.example")).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(live.snapshot().domain("a.example").is_some());
         assert!(live.snapshot().domain("b.example").is_none());

@@ -75,6 +75,16 @@ pub struct Domain {
     pub settings: BTreeMap<String, String>,
 }
 
+impl Domain {
+    /// A domain with this name and nothing else set.
+    pub fn named(name: &str) -> Domain {
+        Domain {
+            name: name.into(),
+            ..Domain::default()
+        }
+    }
+}
+
 /// A mailbox.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Mailbox {
@@ -99,6 +109,13 @@ impl fmt::Debug for Mailbox {
 }
 
 impl Mailbox {
+    /// A mailbox at `address` without password or quota.
+    pub fn at(address: &str) -> Mailbox {
+        Mailbox {
+            address: address.into(),
+            ..Mailbox::default()
+        }
+    }
     /// The domain part.
     pub fn domain(&self) -> &str {
         self.address.rsplit_once('@').map_or("", |(_, d)| d)
@@ -119,6 +136,13 @@ pub struct Alias {
 }
 
 impl Alias {
+    /// An alias from `source` to `targets`.
+    pub fn new(source: &str, targets: &[&str]) -> Alias {
+        Alias {
+            source: source.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+        }
+    }
     /// True for a catch-all (`@domain`).
     pub fn is_catch_all(&self) -> bool {
         self.source.starts_with('@')

@@ -592,27 +592,6 @@ impl Registry for SqliteRegistry {
 mod tests {
     use super::*;
 
-    fn domain(name: &str) -> Domain {
-        Domain {
-            name: name.into(),
-            ..Domain::default()
-        }
-    }
-
-    fn mailbox(address: &str) -> Mailbox {
-        Mailbox {
-            address: address.into(),
-            ..Mailbox::default()
-        }
-    }
-
-    fn alias(source: &str, targets: &[&str]) -> Alias {
-        Alias {
-            source: source.into(),
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-        }
-    }
-
     fn mem() -> SqliteRegistry {
         SqliteRegistry::open_in_memory().unwrap()
     }
@@ -620,7 +599,7 @@ mod tests {
     #[test]
     fn snapshot_holds_what_was_written_normalised() {
         let r = mem();
-        let mut d = domain("Example.COM");
+        let mut d = Domain::named("Example.COM");
         d.transport = Some("lmtp:unix:/run/dovecot/lmtp".into());
         d.chains
             .insert("milter".into(), vec!["spam".into(), "dkim".into()]);
@@ -632,9 +611,12 @@ mod tests {
             quota_bytes: Some(1 << 30),
         })
         .unwrap();
-        r.add_alias(&alias("Postmaster@example.com", &["alice@EXAMPLE.com"]))
-            .unwrap();
-        r.add_alias(&alias(
+        r.add_alias(&Alias::new(
+            "Postmaster@example.com",
+            &["alice@EXAMPLE.com"],
+        ))
+        .unwrap();
+        r.add_alias(&Alias::new(
             "@example.com",
             &["Bob@Remote.org", "alice@example.com"],
         ))
@@ -667,38 +649,38 @@ mod tests {
     fn every_write_bumps_the_generation() {
         let r = mem();
         let g0 = r.generation().unwrap();
-        r.add_domain(&domain("a.example")).unwrap();
+        r.add_domain(&Domain::named("a.example")).unwrap();
         let g1 = r.generation().unwrap();
         assert!(g1 > g0);
         // A failed write changes nothing.
-        assert!(r.add_domain(&domain("a.example")).is_err());
+        assert!(r.add_domain(&Domain::named("a.example")).is_err());
         assert_eq!(r.generation().unwrap(), g1);
-        r.update_domain(&domain("a.example")).unwrap();
+        r.update_domain(&Domain::named("a.example")).unwrap();
         assert!(r.generation().unwrap() > g1);
     }
 
     #[test]
     fn exists_and_not_found() {
         let r = mem();
-        r.add_domain(&domain("x.example")).unwrap();
-        let e = r.add_domain(&domain("X.example")).unwrap_err();
+        r.add_domain(&Domain::named("x.example")).unwrap();
+        let e = r.add_domain(&Domain::named("X.example")).unwrap_err();
         assert!(matches!(e, RegistryError::Exists(_)), "{e}");
         assert_eq!(e.to_string(), "domain x.example already exists");
 
-        r.add_mailbox(&mailbox("a@x.example")).unwrap();
+        r.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
         assert!(matches!(
-            r.add_mailbox(&mailbox("A@x.example")),
+            r.add_mailbox(&Mailbox::at("A@x.example")),
             Err(RegistryError::Exists(_))
         ));
-        r.add_alias(&alias("b@x.example", &["a@x.example"]))
+        r.add_alias(&Alias::new("b@x.example", &["a@x.example"]))
             .unwrap();
         assert!(matches!(
-            r.add_alias(&alias("b@x.example", &["a@x.example"])),
+            r.add_alias(&Alias::new("b@x.example", &["a@x.example"])),
             Err(RegistryError::Exists(_))
         ));
 
         for e in [
-            r.update_domain(&domain("y.example")).unwrap_err(),
+            r.update_domain(&Domain::named("y.example")).unwrap_err(),
             r.remove_domain("y.example", false).unwrap_err(),
             r.remove_mailbox("nobody@x.example").unwrap_err(),
             r.set_password("nobody@x.example", None).unwrap_err(),
@@ -713,19 +695,19 @@ mod tests {
     #[test]
     fn mailbox_and_alias_cannot_share_an_address() {
         let r = mem();
-        r.add_domain(&domain("x.example")).unwrap();
-        r.add_mailbox(&mailbox("a@x.example")).unwrap();
+        r.add_domain(&Domain::named("x.example")).unwrap();
+        r.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
         let e = r
-            .add_alias(&alias("a@x.example", &["b@y.example"]))
+            .add_alias(&Alias::new("a@x.example", &["b@y.example"]))
             .unwrap_err();
         assert!(matches!(e, RegistryError::Exists(_)), "{e}");
         assert!(
             e.to_string().contains("either a mailbox or an alias"),
             "{e}"
         );
-        r.add_alias(&alias("b@x.example", &["a@x.example"]))
+        r.add_alias(&Alias::new("b@x.example", &["a@x.example"]))
             .unwrap();
-        let e = r.add_mailbox(&mailbox("B@x.example")).unwrap_err();
+        let e = r.add_mailbox(&Mailbox::at("B@x.example")).unwrap_err();
         assert!(matches!(e, RegistryError::Exists(_)), "{e}");
         assert!(e.to_string().contains("the alias b@x.example"), "{e}");
     }
@@ -733,7 +715,7 @@ mod tests {
     #[test]
     fn unknown_domain_is_explained() {
         let r = mem();
-        let e = r.add_mailbox(&mailbox("a@example.com")).unwrap_err();
+        let e = r.add_mailbox(&Mailbox::at("a@example.com")).unwrap_err();
         assert!(matches!(e, RegistryError::UnknownDomain(_)), "{e}");
         assert_eq!(
             e.to_string(),
@@ -741,7 +723,7 @@ mod tests {
              `wasmail domain add example.com`"
         );
         let e = r
-            .add_alias(&alias("@example.com", &["a@b.example"]))
+            .add_alias(&Alias::new("@example.com", &["a@b.example"]))
             .unwrap_err();
         assert!(matches!(e, RegistryError::UnknownDomain(_)), "{e}");
     }
@@ -750,18 +732,18 @@ mod tests {
     fn invalid_input_is_rejected_before_writing() {
         let r = mem();
         let g = r.generation().unwrap();
-        let mut d = domain("x.example");
+        let mut d = Domain::named("x.example");
         d.chains.insert("smtpd".into(), vec!["p".into()]);
         assert!(matches!(r.add_domain(&d), Err(RegistryError::Invalid(_))));
         d.chains.clear();
         d.transport = Some("lmtp".into());
         assert!(matches!(r.add_domain(&d), Err(RegistryError::Invalid(_))));
         assert!(matches!(
-            r.add_domain(&domain("bad_name.example")),
+            r.add_domain(&Domain::named("bad_name.example")),
             Err(RegistryError::Invalid(_))
         ));
         assert!(matches!(
-            r.add_mailbox(&mailbox("no-at-sign")),
+            r.add_mailbox(&Mailbox::at("no-at-sign")),
             Err(RegistryError::Invalid(_))
         ));
         assert!(matches!(
@@ -774,11 +756,12 @@ mod tests {
     #[test]
     fn remove_domain_refuses_while_in_use_and_cascades_with_force() {
         let r = mem();
-        r.add_domain(&domain("x.example")).unwrap();
-        r.add_domain(&domain("y.example")).unwrap();
-        r.add_mailbox(&mailbox("a@x.example")).unwrap();
-        r.add_alias(&alias("@x.example", &["a@x.example"])).unwrap();
-        r.add_mailbox(&mailbox("a@y.example")).unwrap();
+        r.add_domain(&Domain::named("x.example")).unwrap();
+        r.add_domain(&Domain::named("y.example")).unwrap();
+        r.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
+        r.add_alias(&Alias::new("@x.example", &["a@x.example"]))
+            .unwrap();
+        r.add_mailbox(&Mailbox::at("a@y.example")).unwrap();
 
         let e = r.remove_domain("x.example", false).unwrap_err();
         assert!(matches!(e, RegistryError::InUse(_)), "{e}");
@@ -805,8 +788,8 @@ mod tests {
     #[test]
     fn set_password_sets_and_clears() {
         let r = mem();
-        r.add_domain(&domain("x.example")).unwrap();
-        r.add_mailbox(&mailbox("a@x.example")).unwrap();
+        r.add_domain(&Domain::named("x.example")).unwrap();
+        r.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
         let h = "{SHA512-CRYPT}$6$tV8xPiQJQSRP3kDN$dcnGGn3qulI32hbq6BKttMlduYC3khAqC87CosPiPECMnkq36bqqhmREzkprJ2fz5o6jdMUyJfS8rftkrbmIs.";
         r.set_password("A@x.example", Some(h)).unwrap();
         let s = r.snapshot().unwrap();
@@ -830,7 +813,7 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir.path().join("new/sub")), 0o700);
-        r.add_domain(&domain("x.example")).unwrap();
+        r.add_domain(&Domain::named("x.example")).unwrap();
         drop(r);
         // Reopening keeps the data and runs no migration twice.
         let r = SqliteRegistry::open(&path).unwrap();
@@ -877,7 +860,7 @@ mod tests {
         let before = serve.snapshot().unwrap();
         assert_eq!(serve.generation().unwrap(), before.generation);
 
-        admin.add_domain(&domain("x.example")).unwrap();
+        admin.add_domain(&Domain::named("x.example")).unwrap();
         let g = serve.generation().unwrap();
         assert_ne!(g, before.generation);
         assert_eq!(g, admin.generation().unwrap());
@@ -885,7 +868,7 @@ mod tests {
         assert_eq!(after.generation, g);
         assert!(after.domain("x.example").is_some());
 
-        admin.add_mailbox(&mailbox("a@x.example")).unwrap();
+        admin.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
         assert!(serve.generation().unwrap() > g);
     }
 }

@@ -43,27 +43,6 @@ fn open(etcd: &Etcd, prefix: &str) -> EtcdRegistry {
     .unwrap()
 }
 
-fn domain(name: &str) -> Domain {
-    Domain {
-        name: name.into(),
-        ..Domain::default()
-    }
-}
-
-fn mailbox(address: &str) -> Mailbox {
-    Mailbox {
-        address: address.into(),
-        ..Mailbox::default()
-    }
-}
-
-fn alias(source: &str, targets: &[&str]) -> Alias {
-    Alias {
-        source: source.into(),
-        targets: targets.iter().map(|t| t.to_string()).collect(),
-    }
-}
-
 #[test]
 fn cli_scenarios_run_unchanged_on_etcd() {
     let Some(etcd) = etcd("registry_etcd::cli_scenarios_run_unchanged_on_etcd") else {
@@ -95,7 +74,7 @@ fn same_operations_give_the_same_results_as_sqlite() {
     let etcd_reg = open(&etcd, "/wasmail");
     let hash = "{SHA512-CRYPT}$6$tV8xPiQJQSRP3kDN$dcnGGn3qulI32hbq6BKttMlduYC3khAqC87CosPiPECMnkq36bqqhmREzkprJ2fz5o6jdMUyJfS8rftkrbmIs.";
     type Op = Box<dyn Fn(&dyn Registry) -> wasmail::registry::Result<()>>;
-    let mut with_chain = domain("Example.COM");
+    let mut with_chain = Domain::named("Example.COM");
     with_chain.transport = Some("lmtp:unix:/run/dovecot/lmtp".into());
     with_chain
         .chains
@@ -105,56 +84,64 @@ fn same_operations_give_the_same_results_as_sqlite() {
         ("add domain", Box::new(move |r| r.add_domain(&with_chain))),
         (
             "add again",
-            Box::new(|r| r.add_domain(&domain("example.com"))),
+            Box::new(|r| r.add_domain(&Domain::named("example.com"))),
         ),
         (
             "bad name",
-            Box::new(|r| r.add_domain(&domain("bad_name.example"))),
+            Box::new(|r| r.add_domain(&Domain::named("bad_name.example"))),
         ),
-        ("add y", Box::new(|r| r.add_domain(&domain("y.example")))),
+        (
+            "add y",
+            Box::new(|r| r.add_domain(&Domain::named("y.example"))),
+        ),
         (
             "update missing",
-            Box::new(|r| r.update_domain(&domain("z.example"))),
+            Box::new(|r| r.update_domain(&Domain::named("z.example"))),
         ),
         (
             "mailbox",
-            Box::new(|r| r.add_mailbox(&mailbox("Alice@example.com"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("Alice@example.com"))),
         ),
         (
             "mailbox again",
-            Box::new(|r| r.add_mailbox(&mailbox("alice@example.com"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("alice@example.com"))),
         ),
         (
             "mailbox unknown domain",
-            Box::new(|r| r.add_mailbox(&mailbox("a@nope.example"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("a@nope.example"))),
         ),
         (
             "no at sign",
-            Box::new(|r| r.add_mailbox(&mailbox("no-at-sign"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("no-at-sign"))),
         ),
         (
             "alias",
-            Box::new(|r| r.add_alias(&alias("postmaster@example.com", &["alice@EXAMPLE.com"]))),
+            Box::new(|r| {
+                r.add_alias(&Alias::new(
+                    "postmaster@example.com",
+                    &["alice@EXAMPLE.com"],
+                ))
+            }),
         ),
         (
             "alias on mailbox",
-            Box::new(|r| r.add_alias(&alias("alice@example.com", &["b@y.example"]))),
+            Box::new(|r| r.add_alias(&Alias::new("alice@example.com", &["b@y.example"]))),
         ),
         (
             "mailbox on alias",
-            Box::new(|r| r.add_mailbox(&mailbox("postmaster@example.com"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("postmaster@example.com"))),
         ),
         (
             "catch-all",
-            Box::new(|r| r.add_alias(&alias("@example.com", &["Bob@Remote.org"]))),
+            Box::new(|r| r.add_alias(&Alias::new("@example.com", &["Bob@Remote.org"]))),
         ),
         (
             "catch-all again",
-            Box::new(|r| r.add_alias(&alias("@example.com", &["x@y.example"]))),
+            Box::new(|r| r.add_alias(&Alias::new("@example.com", &["x@y.example"]))),
         ),
         (
             "alias unknown domain",
-            Box::new(|r| r.add_alias(&alias("@nope.example", &["x@y.example"]))),
+            Box::new(|r| r.add_alias(&Alias::new("@nope.example", &["x@y.example"]))),
         ),
         (
             "password",
@@ -180,19 +167,19 @@ fn same_operations_give_the_same_results_as_sqlite() {
         ),
         (
             "update missing mailbox",
-            Box::new(|r| r.update_mailbox(&mailbox("nobody@example.com"))),
+            Box::new(|r| r.update_mailbox(&Mailbox::at("nobody@example.com"))),
         ),
         (
             "update alias",
-            Box::new(|r| r.update_alias(&alias("@example.com", &["alice@example.com"]))),
+            Box::new(|r| r.update_alias(&Alias::new("@example.com", &["alice@example.com"]))),
         ),
         (
             "update missing alias",
-            Box::new(|r| r.update_alias(&alias("@y.example", &["alice@example.com"]))),
+            Box::new(|r| r.update_alias(&Alias::new("@y.example", &["alice@example.com"]))),
         ),
         (
             "mailbox in y",
-            Box::new(|r| r.add_mailbox(&mailbox("a@y.example"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("a@y.example"))),
         ),
         (
             "rm in use",
@@ -216,14 +203,17 @@ fn same_operations_give_the_same_results_as_sqlite() {
             "rm alias",
             Box::new(|r| r.remove_alias("Postmaster@example.com")),
         ),
-        ("add x", Box::new(|r| r.add_domain(&domain("x.example")))),
+        (
+            "add x",
+            Box::new(|r| r.add_domain(&Domain::named("x.example"))),
+        ),
         (
             "mailbox in x",
-            Box::new(|r| r.add_mailbox(&mailbox("b@x.example"))),
+            Box::new(|r| r.add_mailbox(&Mailbox::at("b@x.example"))),
         ),
         (
             "catch-all in x",
-            Box::new(|r| r.add_alias(&alias("@x.example", &["b@x.example"]))),
+            Box::new(|r| r.add_alias(&Alias::new("@x.example", &["b@x.example"]))),
         ),
         (
             "rm x force",
@@ -257,7 +247,7 @@ fn generation_ignores_keys_outside_the_registry() {
     };
     let reg = open(&etcd, "/wasmail");
     assert_eq!(reg.generation().unwrap(), 0, "empty etcd");
-    reg.add_domain(&domain("x.example")).unwrap();
+    reg.add_domain(&Domain::named("x.example")).unwrap();
     let g = reg.generation().unwrap();
     assert!(g > 0);
     // Placement writes other keys under the same prefix; another installation uses
@@ -276,17 +266,17 @@ fn generation_ignores_keys_outside_the_registry() {
             .unwrap();
     });
     let other = open(&etcd, "/other");
-    other.add_domain(&domain("other.example")).unwrap();
+    other.add_domain(&Domain::named("other.example")).unwrap();
     assert_eq!(reg.generation().unwrap(), g);
     let s = reg.snapshot().unwrap();
     assert_eq!(s.generation, g);
     assert_eq!(s.domains.keys().collect::<Vec<_>>(), ["x.example"]);
     // Refused and failed writes change nothing either.
-    assert!(reg.add_domain(&domain("x.example")).is_err());
+    assert!(reg.add_domain(&Domain::named("x.example")).is_err());
     assert!(reg.remove_mailbox("a@x.example").is_err());
     assert_eq!(reg.generation().unwrap(), g);
     // A registry write does.
-    reg.add_mailbox(&mailbox("a@x.example")).unwrap();
+    reg.add_mailbox(&Mailbox::at("a@x.example")).unwrap();
     assert!(reg.generation().unwrap() > g);
 }
 
@@ -588,7 +578,7 @@ fn concurrent_writers_never_lose_or_corrupt_data() {
         return;
     };
     let first = open(&etcd, "/wasmail");
-    first.add_domain(&domain("example.com")).unwrap();
+    first.add_domain(&Domain::named("example.com")).unwrap();
 
     // Four writers (each its own client, like four hosts) add 25 mailboxes each to one
     // domain at the same time: every write is a conflict candidate.
@@ -606,7 +596,7 @@ fn concurrent_writers_never_lose_or_corrupt_data() {
                 })
                 .unwrap();
                 for i in 0..EACH {
-                    reg.add_mailbox(&mailbox(&format!("w{w}-{i}@example.com")))
+                    reg.add_mailbox(&Mailbox::at(&format!("w{w}-{i}@example.com")))
                         .unwrap();
                 }
             })
@@ -634,7 +624,7 @@ fn concurrent_writers_never_lose_or_corrupt_data() {
     // mailbox that was added cannot vanish before its own removal (a refused
     // `domain rm` removes nothing).
     let reg: Arc<EtcdRegistry> = Arc::new(open(&etcd, "/race"));
-    reg.add_domain(&domain("race.example")).unwrap();
+    reg.add_domain(&Domain::named("race.example")).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let adder = {
         let endpoint = etcd.endpoint.clone();
@@ -650,7 +640,7 @@ fn concurrent_writers_never_lose_or_corrupt_data() {
             let (mut added, mut refused) = (0, 0);
             for i in 0..60 {
                 let address = format!("m{i}@race.example");
-                match r.add_mailbox(&mailbox(&address)) {
+                match r.add_mailbox(&Mailbox::at(&address)) {
                     Ok(()) => {
                         added += 1;
                         let s = r.snapshot().unwrap();
@@ -675,7 +665,7 @@ fn concurrent_writers_never_lose_or_corrupt_data() {
         match reg.remove_domain("race.example", false) {
             Ok(()) => {
                 removed += 1;
-                reg.add_domain(&domain("race.example")).unwrap();
+                reg.add_domain(&Domain::named("race.example")).unwrap();
             }
             Err(e) => {
                 assert!(e.to_string().contains("still has 1 mailbox(es)"), "{e}");
@@ -743,7 +733,7 @@ fn snapshot_reads_a_large_registry_in_pages_in_the_documented_layout() {
         return;
     };
     let reg = open(&etcd, "/wasmail");
-    reg.add_domain(&domain("example.com")).unwrap();
+    reg.add_domain(&Domain::named("example.com")).unwrap();
     // 1200 mailboxes written straight into etcd in the layout docs/registry.md describes
     // (more than two 500-key pages), 100 keys per transaction (etcd allows 128 ops).
     const N: usize = 1200;
