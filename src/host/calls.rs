@@ -3,9 +3,8 @@
 //! and the breaker. The services map a [`FailureKind`] to their protocol's temporary
 //! answer according to the plugin's `on_error`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::bindings::hook::exports::wasmail::plugin::hook as whook;
@@ -14,6 +13,7 @@ use super::bindings::table::Table as TableBindings;
 use super::bindings::table::exports::wasmail::plugin::lookup as wlookup;
 use super::breaker::FailureKind;
 use super::plugin::{LoadedPlugin, Pre, new_store, refuel};
+use super::pool::{InstancePool, Pooled};
 use super::set::PluginHost;
 use super::state::HostState;
 
@@ -163,28 +163,8 @@ pub fn hook(
 /// FastCGI worker); it must not rely on it.
 #[derive(Debug)]
 pub struct TablePool {
-    idle: Mutex<HashMap<PoolKey, Vec<PooledTable>>>,
-    max_idle: usize,
+    pool: InstancePool<TableBindings>,
     max_uses: u32,
-}
-
-/// Plugin name and domain (None = global).
-type PoolKey = (String, Option<String>);
-
-struct PooledTable {
-    plugin: Arc<LoadedPlugin>,
-    store: wasmtime::Store<HostState>,
-    instance: TableBindings,
-    uses: u32,
-}
-
-impl std::fmt::Debug for PooledTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledTable")
-            .field("plugin", &self.plugin.meta.name)
-            .field("uses", &self.uses)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TablePool {
@@ -192,34 +172,9 @@ impl TablePool {
     /// used for at most `max_uses` lookups.
     pub fn new(max_idle: usize, max_uses: u32) -> TablePool {
         TablePool {
-            idle: Mutex::new(HashMap::new()),
-            max_idle,
+            pool: InstancePool::new(max_idle),
             max_uses: max_uses.max(1),
         }
-    }
-
-    fn take(&self, plugin: &Arc<LoadedPlugin>, key: &PoolKey) -> Option<PooledTable> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(key)?;
-        while let Some(p) = list.pop() {
-            if Arc::ptr_eq(&p.plugin, plugin) {
-                return Some(p);
-            }
-            // An older version of the plugin: drop it.
-        }
-        None
-    }
-
-    fn give_back(&self, key: PoolKey, p: PooledTable) {
-        if p.uses >= self.max_uses || self.max_idle == 0 {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total >= self.max_idle {
-            return;
-        }
-        idle.entry(key).or_default().push(p);
     }
 
     /// Like [`lookup`], on a pooled instance when one fits.
@@ -240,7 +195,7 @@ impl TablePool {
             return Err(fail(&plugin, "lookup", FailureKind::BreakerOpen));
         }
         let key = (name.to_string(), domain.map(str::to_string));
-        let mut pooled = match self.take(&plugin, &key) {
+        let mut pooled = match self.pool.take(&plugin, &key) {
             Some(p) => p,
             None => {
                 let Pre::Table(pre) = &plugin.pre else {
@@ -256,10 +211,10 @@ impl TablePool {
                     .instantiate(&mut store)
                     .map_err(|e| fail(&plugin, "lookup", FailureKind::classify(&e)))?;
                 plugin.counters.instances.fetch_add(1, Ordering::Relaxed);
-                PooledTable {
+                Pooled {
                     plugin: plugin.clone(),
                     store,
-                    instance,
+                    bindings: instance,
                     uses: 0,
                 }
             }
@@ -272,7 +227,7 @@ impl TablePool {
         refuel(engine, &mut pooled.store, &plugin.meta);
         pooled.store.data_mut().begin_request();
         let result = try_candidates(
-            &pooled.instance,
+            &pooled.bindings,
             &mut pooled.store,
             table,
             candidates,
@@ -283,7 +238,7 @@ impl TablePool {
                 plugin.counters.calls.fetch_add(1, Ordering::Relaxed);
                 plugin.breaker.record_success();
                 pooled.uses += 1;
-                self.give_back(key, pooled);
+                self.pool.give_back(key, pooled, self.max_uses);
                 Ok(r)
             }
             // The instance is dropped: never reused after a failure.

@@ -27,9 +27,8 @@
 //! failure is logged with plugin, version, stage and kind, and counted; the breaker may
 //! then skip the version for a while.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -42,6 +41,7 @@ use super::breaker::FailureKind;
 use super::caps::message::assemble;
 use super::config::OnError;
 use super::plugin::{BodyMode, LoadedPlugin, Pre, new_store, refuel};
+use super::pool::{InstancePool, PoolKey, Pooled};
 use super::set::PluginHost;
 use super::state::{HostState, SharedMacros};
 use crate::milter_service::chain::{
@@ -60,96 +60,8 @@ struct Live {
 }
 
 /// Idle milter-filter instances of plugins with `instance_reuse` above 1, shared by every
-/// connection. An instance is kept per plugin *version* and per chain (the global chain or
-/// one domain's), so it never serves another tenant, and at most `max_idle` wait in all
-/// (each holds a pooling-allocator slot). Failed instances never come back here.
-pub struct FilterPool {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    max_idle: usize,
-}
-
-/// Plugin name and domain (None = the global chain).
-type PoolKey = (String, Option<String>);
-
-struct Idle {
-    plugin: Arc<LoadedPlugin>,
-    store: Store<HostState>,
-    bindings: MilterFilter,
-    uses: u32,
-}
-
-impl std::fmt::Debug for FilterPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterPool")
-            .field("idle", &self.len())
-            .field("max_idle", &self.max_idle)
-            .finish()
-    }
-}
-
-impl FilterPool {
-    /// A pool keeping at most `max_idle` instances (0 = never keep one).
-    pub fn new(max_idle: usize) -> FilterPool {
-        FilterPool {
-            idle: Mutex::new(HashMap::new()),
-            max_idle,
-        }
-    }
-
-    /// Idle instances now.
-    pub fn len(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
-    }
-
-    /// True when no instance waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops every idle instance (after a reload).
-    pub fn clear(&self) {
-        let drained: Vec<Vec<Idle>> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.drain().map(|(_, v)| v).collect()
-        };
-        // Dropped outside the lock: freeing an instance resets its memory.
-        drop(drained);
-    }
-
-    fn take(&self, plugin: &Arc<LoadedPlugin>, key: &PoolKey) -> Option<Idle> {
-        let mut stale = Vec::new();
-        let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.get_mut(key)?;
-            let mut found = None;
-            while let Some(i) = list.pop() {
-                if Arc::ptr_eq(&i.plugin, plugin) {
-                    found = Some(i);
-                    break;
-                }
-                // An older version of the plugin.
-                stale.push(i);
-            }
-            found
-        };
-        drop(stale);
-        found
-    }
-
-    fn give_back(&self, key: PoolKey, i: Idle) {
-        if i.uses >= i.plugin.instance_reuse || self.max_idle == 0 {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total >= self.max_idle {
-            drop(idle);
-            return;
-        }
-        idle.entry(key).or_default().push(i);
-    }
-}
+/// connection, kept per plugin version and per chain (the global chain or one domain's).
+pub type FilterPool = InstancePool<MilterFilter>;
 
 /// One milter plugin inside one connection's chain.
 pub struct WasmFilter {
@@ -788,12 +700,13 @@ impl StagePlugin for WasmFilter {
             {
                 self.host.filter_pool().give_back(
                     self.pool_key.clone(),
-                    Idle {
+                    Pooled {
                         plugin: self.plugin.clone(),
                         store: live.store,
                         bindings: live.bindings,
                         uses: live.uses,
                     },
+                    self.plugin.instance_reuse,
                 );
             }
         }

@@ -11,5 +11,6 @@ pub mod config;
 pub mod engine;
 pub mod milter;
 pub mod plugin;
+pub mod pool;
 pub mod set;
 pub mod state;
