@@ -51,6 +51,13 @@ pub struct MilterSection {
     /// `call_deadline` of at least `progress_interval` (so SMFIR_PROGRESS can be sent while
     /// it runs), else inline.
     pub plugin_threads: PluginThreads,
+    /// Send verdicts from the header, end-of-headers and body stages at end of message
+    /// (`SMFIP_NR_EOH`, `SMFIP_NR_BODY`; headers are always unanswered): Postfix then
+    /// streams a message's content without waiting for wasmail in between. The SMTP client
+    /// sees the same answer either way, because Postfix answers it after the final dot.
+    /// Default true. Set false to answer at each stage, so Postfix stops sending the rest
+    /// of a message a plugin already rejected (saves copying a large body to wasmail).
+    pub defer_content_verdicts: bool,
 }
 
 /// `[milter] plugin_threads`.
@@ -89,6 +96,7 @@ impl Default for MilterSection {
             command_deadline: Duration::from_secs(20),
             content_deadline: Duration::from_secs(240),
             plugin_threads: PluginThreads::Auto,
+            defer_content_verdicts: true,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct ServiceFactory {
     wants_macros: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Whether plugin calls run on tokio's blocking threads instead of inline.
     offload: bool,
+    /// `[milter] defer_content_verdicts`.
+    defer_content: bool,
 }
 
 impl std::fmt::Debug for ServiceFactory {
@@ -68,6 +70,8 @@ impl MilterFactory for ServiceFactory {
             stages: self.stages.clone(),
             plugins: (self.wants_macros)(),
             offload: self.offload,
+            defer_content: self.defer_content,
+            settled: false,
         }
     }
 
@@ -116,6 +120,12 @@ pub struct ChainMilter {
     /// Whether plugins read macros (then they are requested and copied before each stage).
     plugins: bool,
     offload: bool,
+    /// End-of-headers and body verdicts are negotiated as no-reply (the protocol session
+    /// holds a final one back and sends it at end of message).
+    defer_content: bool,
+    /// The message already has a final verdict (or was cut off): the chain runs nothing
+    /// more until the next MAIL.
+    settled: bool,
 }
 
 impl std::fmt::Debug for ChainMilter {
@@ -155,6 +165,14 @@ impl ChainMilter {
                 lost_runner()
             }
         }
+    }
+
+    /// Notes a final verdict from a content stage; passes the action on.
+    fn settle(&mut self, action: Action) -> Action {
+        if action.is_final() {
+            self.settled = true;
+        }
+        action
     }
 
     /// Ends the transaction (plugins run `on-abort` and drop their instances).
@@ -337,7 +355,14 @@ impl Milter for ChainMilter {
                 | Actions::CHANGE_BODY
                 | Actions::QUARANTINE,
             stages: (self.stages)(),
-            replies: StageSet::ALL.without(MStage::Header),
+            replies: if self.defer_content {
+                StageSet::ALL
+                    .without(MStage::Header)
+                    .without(MStage::Eoh)
+                    .without(MStage::Body)
+            } else {
+                StageSet::ALL.without(MStage::Header)
+            },
             macros: if self.plugins {
                 requested_macros()
             } else {
@@ -374,6 +399,7 @@ impl Milter for ChainMilter {
             refresh_macros(&self.macros, cx);
         }
         self.headers.clear();
+        self.settled = false;
         action(
             &self
                 .run(Event::MailFrom {
@@ -407,25 +433,38 @@ impl Milter for ChainMilter {
     }
 
     async fn eoh(&mut self, cx: &Context<'_>) -> Action {
+        let headers = std::mem::take(&mut self.headers);
+        if self.settled {
+            return Action::Continue;
+        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
-        let headers = std::mem::take(&mut self.headers);
-        let outcome = self.run(Event::Headers(headers)).await;
-        if outcome.verdict.is_final() {
-            return action(&outcome);
+        let mut outcome = self.run(Event::Headers(headers)).await;
+        if !outcome.verdict.is_final() {
+            outcome = self.run(Event::EndOfHeaders).await;
         }
-        action(&self.run(Event::EndOfHeaders).await)
+        self.settle(action(&outcome))
     }
 
     async fn body(&mut self, cx: &Context<'_>, chunk: &Bytes) -> Action {
+        if self.settled {
+            return Action::Continue;
+        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
-        action(&self.run(Event::Body(chunk.to_vec())).await)
+        let outcome = self.run(Event::Body(chunk.to_vec())).await;
+        self.settle(action(&outcome))
     }
 
     async fn eom(&mut self, cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
+        if self.settled {
+            // A final verdict from a content stage: the protocol session sends it now.
+            self.settled = false;
+            self.end_transaction().await;
+            return Action::Continue;
+        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
@@ -441,6 +480,10 @@ impl Milter for ChainMilter {
 
     async fn abort(&mut self, _cx: &Context<'_>) {
         self.headers.clear();
+        // Also reached when a content stage ran past its deadline: the rest of that message
+        // (still sent by Postfix when verdicts are deferred) must not start a new
+        // transaction in the plugins.
+        self.settled = true;
         self.end_transaction().await;
     }
 }
@@ -686,6 +729,7 @@ pub async fn start(
                 stages,
                 wants_macros,
                 offload,
+                defer_content: section.defer_content_verdicts,
             }),
             config,
             shutdown,

@@ -166,3 +166,139 @@ fn serve_refuses_to_start_with_a_broken_plugin_and_names_the_file() {
     );
     assert!(!dir.path().join("m.sock").exists(), "nothing listens");
 }
+
+/// A chain whose first plugin rejects at end of headers, behind an admin socket.
+fn rejecting_at_end_of_headers(milter_extra: &str) -> Serve {
+    Serve::start(&format!(
+        r#"
+[milter]
+listen = "unix:{{dir}}/milter.sock"
+chain = ["first", "second"]
+{milter_extra}
+[admin]
+listen = "unix:{{dir}}/admin.sock"
+[plugins]
+dir = "{{dir}}"
+watch = false
+[plugin.first]
+file = "{plugins}/stamp.wasm"
+[plugin.first.settings]
+verdict_at = "end-of-headers"
+verdict = "reject"
+[plugin.second]
+file = "{plugins}/stamp.wasm"
+"#,
+        plugins = crate::support::plugins_dir().display()
+    ))
+}
+
+/// Runs one message up to the body; returns the replies to end of headers, the body and
+/// end of message.
+async fn message_rejected_at_end_of_headers(
+    c: &mut MilterClient,
+) -> (Option<Action>, Option<Action>, Action) {
+    c.mail("<a@example.com>", &[]).await.unwrap();
+    c.rcpt("<b@example.net>", &[]).await.unwrap();
+    c.header("Subject", "deferred").await.unwrap();
+    let eoh = c.eoh().await.unwrap().map(|r| r.action);
+    let body = c.body(b"hello\r\n").await.unwrap().map(|r| r.action);
+    let eom = c.eom().await.unwrap();
+    assert!(
+        eom.modifications.is_empty(),
+        "a rejected message gets no edits"
+    );
+    (eoh, body, eom.action)
+}
+
+fn reject_text(action: &Action) -> String {
+    match action {
+        Action::ReplyCode(r) => r.lines().join("\n"),
+        other => panic!("expected the plugin's custom reject, got {other:?}"),
+    }
+}
+
+/// `wasmail_plugin_calls_total` for `plugin` from the admin API.
+fn calls(serve: &Serve, plugin: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(serve.dir.path().join("admin.sock"))
+        .expect("admin socket");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: wasmail\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let prefix = format!("wasmail_plugin_calls_total{{plugin=\"{plugin}\"");
+    out.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn content_verdicts_are_sent_at_end_of_message_and_nothing_runs_after_them() {
+    let mut serve = rejecting_at_end_of_headers("");
+    let spec = SocketSpec::Unix(serve.dir.path().join("milter.sock"));
+    let mut c = MilterClient::connect(&spec).await.unwrap();
+    c.negotiate().await.unwrap();
+    let a = *c.agreement().unwrap();
+    for stage in [Stage::Header, Stage::Eoh, Stage::Body] {
+        assert!(a.sends(stage), "{stage:?} is sent");
+        assert!(!a.expects_reply(stage), "{stage:?} is not answered");
+    }
+    assert!(a.expects_reply(Stage::Rcpt) && a.expects_reply(Stage::Eom));
+    c.connect_inet("client.example", "192.0.2.1", 4711)
+        .await
+        .unwrap();
+    c.helo("client.example").await.unwrap();
+    let (eoh, body, eom) = message_rejected_at_end_of_headers(&mut c).await;
+    assert_eq!(
+        (eoh, body),
+        (None, None),
+        "Postfix does not wait in between"
+    );
+    assert_eq!(
+        reject_text(&eom),
+        "550 5.7.1 stamp: reject at end-of-headers"
+    );
+    // `first` ran connect, helo, mail-from, rcpt, headers and end-of-headers; `second`
+    // the same but end-of-headers (the chain stopped there). Neither saw the body or end
+    // of message that Postfix still sent.
+    assert_eq!(calls(&serve, "first"), 6);
+    assert_eq!(calls(&serve, "second"), 5);
+    // The next message on the connection starts clean and is judged again.
+    let (_, _, eom) = message_rejected_at_end_of_headers(&mut c).await;
+    assert_eq!(
+        reject_text(&eom),
+        "550 5.7.1 stamp: reject at end-of-headers"
+    );
+    c.quit().await.unwrap();
+    assert!(serve.stop(Duration::from_secs(30)).success());
+}
+
+#[tokio::test]
+async fn content_verdicts_can_be_answered_at_their_stage() {
+    let mut serve = rejecting_at_end_of_headers("defer_content_verdicts = false\n");
+    let spec = SocketSpec::Unix(serve.dir.path().join("milter.sock"));
+    let mut c = MilterClient::connect(&spec).await.unwrap();
+    c.negotiate().await.unwrap();
+    let a = *c.agreement().unwrap();
+    assert!(!a.expects_reply(Stage::Header), "headers stay unanswered");
+    assert!(a.expects_reply(Stage::Eoh) && a.expects_reply(Stage::Body));
+    c.connect_inet("client.example", "192.0.2.1", 4711)
+        .await
+        .unwrap();
+    c.helo("client.example").await.unwrap();
+    c.mail("<a@example.com>", &[]).await.unwrap();
+    c.rcpt("<b@example.net>", &[]).await.unwrap();
+    c.header("Subject", "answered").await.unwrap();
+    let eoh = c.eoh().await.unwrap().expect("end of headers answered");
+    assert_eq!(
+        reject_text(&eoh.action),
+        "550 5.7.1 stamp: reject at end-of-headers"
+    );
+    c.abort().await.unwrap();
+    c.quit().await.unwrap();
+    assert!(serve.stop(Duration::from_secs(30)).success());
+}
