@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """A no-op milter on Debian's python3-milter (pymilter), for side-by-side benchmarks.
 
-    python3 noop_pymilter.py SOCKET all|eom [hdr]
+    python3 noop_pymilter.py SOCKET all|all-nr|eom [hdr]
 
 SOCKET is a libmilter spec (unix:/path or inet:PORT@127.0.0.1). "all" answers every stage
 with CONTINUE; "eom" negotiates only end-of-message (the other steps are switched off with
-the @Milter.nocallback decorators' protocol negotiation). "hdr" adds one header at EOM.
+the @Milter.nocallback decorators' protocol negotiation); "all-nr" has a callback for every
+stage but DATA and negotiates no reply to headers, end of headers and body chunks
+(@Milter.noreply), as wasmail does: the same commands and replies on the wire. "hdr" adds
+one header at EOM.
 """
 import sys
 
@@ -52,6 +55,24 @@ class AllStages(Milter.Base):
         return Milter.CONTINUE
 
 
+class AllStagesNoReply(AllStages):
+    @Milter.nocallback
+    def data(self):
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def header(self, name, value):
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self):
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        return Milter.CONTINUE
+
+
 class EomOnly(Milter.Base):
     @Milter.nocallback
     def connect(self, hostname, family, hostaddr):
@@ -92,7 +113,7 @@ class EomOnly(Milter.Base):
 
 
 def main():
-    cls = AllStages if MODE == "all" else EomOnly
+    cls = {"all": AllStages, "all-nr": AllStagesNoReply}.get(MODE, EomOnly)
     Milter.factory = cls
     Milter.set_flags(Milter.ADDHDRS if ADD_HEADER else 0)
     Milter.runmilter("noop-pymilter", sys.argv[1], 240)

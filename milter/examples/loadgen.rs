@@ -10,11 +10,15 @@
 //! as Postfix does, to expose milters that write one reply in several packets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmail_milter::net::{MilterClient, SocketSpec};
 use wasmail_milter::{Action, OptNeg};
+
+/// The protocol flags the last session agreed (`SMFIP_*`), printed so a run shows which
+/// stages the milter answered.
+static PROTOCOL: AtomicU32 = AtomicU32::new(0);
 
 async fn one_message(
     spec: &SocketSpec,
@@ -23,7 +27,8 @@ async fn one_message(
     headers: usize,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
     let mut c = MilterClient::connect_with(spec, nodelay, OptNeg::POSTFIX).await?;
-    c.negotiate().await?;
+    let negotiated = c.negotiate().await?;
+    PROTOCOL.store(negotiated.opts.protocol.bits(), Ordering::Relaxed);
     c.macros(
         b'C',
         &[
@@ -124,7 +129,7 @@ async fn main() {
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     println!(
-        "sessions={} errors={} secs={:.3} sessions_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} concurrency={concurrency} body={body_len} headers={headers} nagle={nagle}",
+        "sessions={} errors={} secs={:.3} sessions_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} concurrency={concurrency} body={body_len} headers={headers} nagle={nagle} protocol={:#x}",
         lat.len(),
         errors.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
@@ -132,6 +137,7 @@ async fn main() {
         pct(0.50),
         pct(0.99),
         lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        PROTOCOL.load(Ordering::Relaxed),
     );
     if errors.load(Ordering::Relaxed) > 0 {
         std::process::exit(1);
