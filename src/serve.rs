@@ -67,11 +67,12 @@ const ORPHAN_REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs `serve` on a fresh multi-threaded runtime until shutdown.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("wasmail")
-        .build()
-        .context("starting the tokio runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("wasmail");
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = builder.build().context("starting the tokio runtime")?;
     runtime.block_on(serve(config))
 }
 

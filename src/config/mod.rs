@@ -90,6 +90,11 @@ pub struct ServerSection {
     pub shutdown_grace: Duration,
     /// Log line format on stderr: `"text"` (default) or `"json"`.
     pub log_format: LogFormat,
+    /// Runtime worker threads that run every service's connections (and inline plugin
+    /// calls). Default 0: one per CPU core. On a small host shared with Postfix, 1 saves
+    /// the cross-thread wake-ups of a mostly idle server (see `docs/postfix.md`,
+    /// Throughput).
+    pub worker_threads: usize,
     /// Default tracing filter when `RUST_LOG` is unset, e.g. `"info,wasmail::host=debug"`.
     /// Default `"info"`.
     pub log_filter: String,
@@ -99,6 +104,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             shutdown_grace: Duration::from_secs(30),
+            worker_threads: 0,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
         }
@@ -246,6 +252,12 @@ impl Config {
     pub fn validate(&self, v: &mut Validator) {
         if self.server.shutdown_grace > Duration::from_secs(3600) {
             v.error("server.shutdown_grace", "must be at most 1h");
+        }
+        if self.server.worker_threads > 1024 {
+            v.error(
+                "server.worker_threads",
+                "must be at most 1024 (0 = one per CPU core)",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log_filter) {
             v.error("server.log_filter", format_args!("not a valid filter: {e}"));
@@ -401,6 +413,22 @@ mod tests {
         let c = load("").unwrap();
         assert!(c.services().is_empty());
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core_and_are_bounded() {
+        assert_eq!(load("").unwrap().server.worker_threads, 0);
+        assert_eq!(
+            load("[server]\nworker_threads = 1\n")
+                .unwrap()
+                .server
+                .worker_threads,
+            1
+        );
+        let d = diags("[server]\nworker_threads = 5000\n");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].key, "server.worker_threads");
+        assert_eq!(d[0].line, 2, "{:?}", d[0]);
     }
 
     #[test]
