@@ -3,7 +3,8 @@
 # and (b) one end-of-message plugin, against no-op libmilter and pymilter milters set up for
 # the same stages, driven by the milter crate's load generator (the MTA side of the
 # protocol), over unix sockets and once over TCP. Each wasmail row runs twice: with a fresh
-# plugin instance per transaction (the default) and with `instance_reuse = 1000`.
+# plugin instance per transaction (the default) and with `instance_reuse = 1000`; the
+# chain also runs with reuse and `[server] worker_threads = 1`.
 #
 # wasmail negotiates no reply to headers, end of headers and body chunks (it sends content
 # verdicts at end of message) and no DATA. The "every stage" peers answer every command, as
@@ -11,7 +12,11 @@
 # (mode all-nr) negotiate exactly what wasmail does, so both sides exchange the same
 # packets. Each row prints the SMFIP_* protocol flags agreed.
 #
-#   benches/milter_chain.sh [SESSIONS] [CONCURRENCY] [HEADERS]
+#   benches/milter_chain.sh [SESSIONS] [CONCURRENCY] [HEADERS]     (ROUNDS=3 in the environment)
+#
+# The unix-socket rows run ROUNDS times, interleaved, and the summary gives each row's
+# median sessions/s, p99 and the milter process's CPU time per message (user + system,
+# from /proc; less sensitive to other tenants of a shared machine than throughput).
 #
 # Needs a release build and the plugins (scripts/setup.sh), gcc + libmilter-dev and
 # python3-milter. Everything runs on loopback and is stopped on exit.
@@ -21,6 +26,7 @@ ROOT=$PWD
 N=${1:-4000}
 C=${2:-16}
 H=${3:-8}
+ROUNDS=${ROUNDS:-3}
 WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 LOADGEN=${LOADGEN:-$ROOT/target/release/examples/loadgen}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
@@ -36,9 +42,11 @@ cleanup() {
 trap cleanup EXIT
 gcc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
 
-wasmail_config() { # NAME LISTEN CHAIN-TOML [INSTANCE-REUSE]
+wasmail_config() { # NAME LISTEN CHAIN-TOML [INSTANCE-REUSE] [WORKER-THREADS]
   local reuse=${4:-1}
   cat > "$T/$1.toml" <<EOC
+[server]
+worker_threads = ${5:-0}
 [milter]
 listen = "$2"
 socket_mode = "0666"
@@ -67,49 +75,82 @@ stages = "end-of-message"
 EOC
 }
 wait_for() { for _ in $(seq 100); do [ -S "$1" ] || nc -z 127.0.0.1 "${1#*:}" 2>/dev/null && return 0; sleep 0.1; done; }
-run() { # LABEL SOCKET
-  local out
-  out=$("$LOADGEN" "$2" "$C" "$N" 4096 "$H" | tail -1)
+# CPU time (user + system, all threads, exited ones included) of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+run() { # LABEL NAME: drive unix:$T/NAME.sock; also the server's CPU time per message
+  local out pid before after
+  pid=${PID_OF[$2]}
+  before=$(cpu_ticks "$pid")
+  out=$("$LOADGEN" "unix:$T/$2.sock" "$C" "$N" 4096 "$H" | tail -1)
+  after=$(cpu_ticks "$pid")
   local rate p99
   rate=$(sed -E 's/.*sessions_per_sec=([0-9.]+).*/\1/' <<<"$out")
   p99=$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$out")
-  printf '%-38s %8s /s   p99 %7s ms   (%s %s)\n' "$1" "$rate" "$p99" "$(grep -o 'errors=[0-9]*' <<<"$out")" "$(grep -o 'protocol=[0-9a-fx]*' <<<"$out")"
+  local cpu=$(( (after - before) * TICK_US / N ))
+  printf '%-38s %8s /s   p99 %7s ms   %6s µs CPU/msg   (%s %s)\n' "$1" "$rate" "$p99" \
+    "$cpu" "$(grep -o 'errors=[0-9]*' <<<"$out")" "$(grep -o 'protocol=[0-9a-fx]*' <<<"$out")"
+  printf '%s|%s|%s|%s\n' "$1" "$rate" "$p99" "$cpu" >> "$T/rows"
 }
-start() { "$@" >"$T/$(basename "$1").$RANDOM.log" 2>&1 & PIDS+=($!); disown $!; }
+declare -A PID_OF
+start() { # NAME COMMAND...
+  local name=$1; shift
+  "$@" >"$T/$name.log" 2>&1 & PIDS+=($!); PID_OF[$name]=$!; disown $!
+}
 
 echo "$(date -u +%F) $(nproc) cores, kernel $(uname -r); $N sessions, concurrency $C, 4 KiB body, $H headers"
 echo "== unix sockets"
-start "$T/noop_libmilter" "unix:$T/lm-all.sock" all hdr
-start "$T/noop_libmilter" "unix:$T/lm-eom.sock" eom hdr
-start "$T/noop_libmilter" "unix:$T/lm-nr.sock" all-nr hdr
-start /usr/bin/python3 benches/peers/noop_pymilter.py "unix:$T/py-all.sock" all hdr
-start /usr/bin/python3 benches/peers/noop_pymilter.py "unix:$T/py-nr.sock" all-nr hdr
-start /usr/bin/python3 benches/peers/noop_pymilter.py "unix:$T/py-eom.sock" eom hdr
+for m in all eom nr; do
+  start "lm-$m" "$T/noop_libmilter" "unix:$T/lm-$m.sock" "$([ $m = nr ] && echo all-nr || echo $m)" hdr
+  start "py-$m" /usr/bin/python3 benches/peers/noop_pymilter.py "unix:$T/py-$m.sock" \
+    "$([ $m = nr ] && echo all-nr || echo $m)" hdr
+done
 wasmail_config chain "unix:$T/wm-chain.sock" 'chain = ["a", "b", "stamp"]'
 wasmail_config eom "unix:$T/wm-eom.sock" 'chain = ["eom"]'
 wasmail_config reuse "unix:$T/wm-reuse.sock" 'chain = ["a", "b", "stamp"]' 1000
 wasmail_config reuse-eom "unix:$T/wm-reuse-eom.sock" 'chain = ["eom"]' 1000
-for c in chain eom reuse reuse-eom; do start "$WASMAIL" serve --config "$T/$c.toml"; done
-for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom; do wait_for "$T/$s.sock"; done
-run "libmilter, every stage"            "unix:$T/lm-all.sock"
-run "pymilter, every stage"             "unix:$T/py-all.sock"
-run "libmilter, every stage, same wire"  "unix:$T/lm-nr.sock"
-run "pymilter, every stage, same wire"   "unix:$T/py-nr.sock"
-run "wasmail, 3-plugin chain"           "unix:$T/wm-chain.sock"
-run "wasmail, 3-plugin chain, reuse"    "unix:$T/wm-reuse.sock"
-run "libmilter, end of message only"    "unix:$T/lm-eom.sock"
-run "pymilter, end of message only"     "unix:$T/py-eom.sock"
-run "wasmail, one end-of-message plugin" "unix:$T/wm-eom.sock"
-run "wasmail, one eom plugin, reuse"    "unix:$T/wm-reuse-eom.sock"
+wasmail_config reuse-1w "unix:$T/wm-reuse-1w.sock" 'chain = ["a", "b", "stamp"]' 1000 1
+for c in chain eom reuse reuse-eom reuse-1w; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
+for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w; do wait_for "$T/$s.sock"; done
+# Rows interleaved, round after round, so a drift of this shared machine hits every row.
+for r in $(seq "$ROUNDS"); do
+  echo "-- round $r"
+  run "libmilter, every stage"               lm-all
+  run "pymilter, every stage"                py-all
+  run "libmilter, every stage, same wire"    lm-nr
+  run "pymilter, every stage, same wire"     py-nr
+  run "wasmail, 3-plugin chain"              wm-chain
+  run "wasmail, 3-plugin chain, reuse"       wm-reuse
+  run "wasmail, chain, reuse, 1 worker"      wm-reuse-1w
+  run "libmilter, end of message only"       lm-eom
+  run "pymilter, end of message only"        py-eom
+  run "wasmail, one end-of-message plugin"   wm-eom
+  run "wasmail, one eom plugin, reuse"       wm-reuse-eom
+done
+echo
+echo "Medians of $ROUNDS rounds (server CPU per message: user + system time of the milter"
+echo "process over the row, all threads; it does not count the load generator):"
+python3 - "$T/rows" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, rate, p99, cpu = line.rstrip("\n").split("|")
+    rows.setdefault(label, []).append((float(rate), float(p99), float(cpu)))
+print("| row | sessions/s | p99 ms | µs CPU/msg |")
+print("|---|---|---|---|")
+for label, v in rows.items():
+    med = [statistics.median(x[i] for x in v) for i in range(3)]
+    print(f"| {label} | {med[0]:.0f} | {med[1]:.2f} | {med[2]:.0f} |")
+PY
 
 echo "== TCP (loopback; the generator uses Nagle like Postfix: --nagle)"
-start "$T/noop_libmilter" "inet:19101@127.0.0.1" all hdr
-start /usr/bin/python3 benches/peers/noop_pymilter.py "inet:19102@127.0.0.1" all hdr
-start "$T/noop_libmilter" "inet:19105@127.0.0.1" all-nr hdr
+start tcp-lm "$T/noop_libmilter" "inet:19101@127.0.0.1" all hdr
+start tcp-py /usr/bin/python3 benches/peers/noop_pymilter.py "inet:19102@127.0.0.1" all hdr
+start tcp-lm-nr "$T/noop_libmilter" "inet:19105@127.0.0.1" all-nr hdr
 wasmail_config tcp "inet:127.0.0.1:19103" 'chain = ["a", "b", "stamp"]'
 wasmail_config tcp-reuse "inet:127.0.0.1:19104" 'chain = ["a", "b", "stamp"]' 1000
-start "$WASMAIL" serve --config "$T/tcp.toml"
-start "$WASMAIL" serve --config "$T/tcp-reuse.toml"
+start tcp-wm "$WASMAIL" serve --config "$T/tcp.toml"
+start tcp-wm-reuse "$WASMAIL" serve --config "$T/tcp-reuse.toml"
 sleep 2
 run_tcp() { local out; out=$("$LOADGEN" "$2" "$C" "$((N / 2))" 4096 "$H" --nagle | tail -1)
   printf '%-38s %8s /s   p99 %7s ms\n' "$1" "$(sed -E 's/.*sessions_per_sec=([0-9.]+).*/\1/' <<<"$out")" "$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$out")"; }

@@ -9,8 +9,15 @@
 # gives each row's median:
 #   baseline   no milter
 #   libmilter  Debian libmilter no-op milter (all stages, adds one header) on a unix socket
+#   libmilter-nr  the same, negotiating what wasmail does (no reply to headers, end of
+#              headers and body; no DATA): the same packets on the wire
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
 #   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
+#   wasmail-reuse-1w  that with `[server] worker_threads = 1`
+# Each row also gets the CPU time per message of the Postfix instance plus that row's
+# milter (cgroup CPU accounting; smtp-source and smtp-sink are not counted). On a machine
+# where Postfix is CPU-bound, baseline CPU ÷ row CPU estimates the throughput share without
+# the noise other tenants add to wall-clock rates.
 # Needs root, postfix, smtp-source/smtp-sink, libmilter-dev, and a release build plus the
 # built plugins (scripts/setup.sh). Loopback only; everything started is stopped on exit.
 set -euo pipefail
@@ -33,6 +40,21 @@ cleanup() {
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   [ -n "${KEEP:-}" ] || rm -rf "$T"
+  for g in "${CGROUPS[@]}"; do rmdir "$g" 2>/dev/null || true; done
+}
+# CPU accounting groups: cgroup v1 cpuacct, or v2.
+CGROUPS=()
+CG_ROOT=/sys/fs/cgroup/cpuacct
+[ -f "$CG_ROOT/cpuacct.usage" ] || CG_ROOT=/sys/fs/cgroup
+cg_path() { echo "$CG_ROOT/wasmail-e2e-$$-$1"; }
+cg_make() { mkdir -p "$(cg_path "$1")" && CGROUPS+=("$(cg_path "$1")"); }
+# Moves this (sub)shell into group NAME and execs COMMAND... (children stay in the group).
+# Call it as `cg_run NAME CMD &` (then $! is CMD's pid) or inside ( ).
+cg_run() { local g; g=$(cg_path "$1"); shift; echo "$BASHPID" > "$g/cgroup.procs"; exec "$@"; }
+cg_usage_us() { # total CPU time of group NAME, microseconds
+  local g; g=$(cg_path "$1")
+  if [ -f "$g/cpuacct.usage" ]; then echo $(( $(cat "$g/cpuacct.usage") / 1000 ));
+  else awk '$1 == "usage_usec" {print $2}' "$g/cpu.stat"; fi
 }
 trap cleanup EXIT
 
@@ -71,7 +93,8 @@ default_process_limit = 100
 EOC
 smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 256 >"$T/sink.log" 2>&1 &
 PIDS+=($!)
-postfix -c "$T/etc" start >/dev/null
+for g in postfix libmilter libmilter-nr wasmail wasmail-reuse wasmail-reuse-1w; do cg_make "$g"; done
+(cg_run postfix postfix -c "$T/etc" start >/dev/null)
 
 queue_empty() { [ -z "$(find "$T/spool/incoming" "$T/spool/active" "$T/spool/deferred" -type f 2>/dev/null | head -1)" ]; }
 
@@ -80,37 +103,50 @@ run_row() {
   postconf -c "$T/etc" -e "smtpd_milters = $milter"
   postfix -c "$T/etc" reload >/dev/null 2>&1
   sleep 1
-  local before sent start end
+  local before sent start end pf0 pf1 m0 m1
   before=$(grep -c 'status=sent' "$T/postfix.log" 2>/dev/null || true)
+  pf0=$(cg_usage_us postfix)
+  m0=$( [ "$name" = baseline ] && echo 0 || cg_usage_us "$name")
   start=$(date +%s.%N)
   smtp-source -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.net 127.0.0.1:$SMTPD_PORT
   while ! queue_empty; do sleep 0.05; done
   end=$(date +%s.%N)
+  pf1=$(cg_usage_us postfix)
+  m1=$( [ "$name" = baseline ] && echo 0 || cg_usage_us "$name")
   sent=$(( $(grep -c 'status=sent' "$T/postfix.log") - before ))
   local rate
   rate=$(python3 -c "print(f'{$sent/($end-$start):.1f}')")
-  printf '%-10s %6d sent of %6d  %8s msg/s\n' "$name" "$sent" "$N" "$rate"
-  echo "$name $rate $sent" >> "$T/rows"
+  local n=$(( sent > 0 ? sent : 1 ))
+  local pf=$(( (pf1 - pf0) / n )) milter=$(( (m1 - m0) / n ))
+  printf '%-16s %6d sent of %6d  %8s msg/s  CPU/msg: Postfix %5d µs, milter %4d µs\n' \
+    "$name" "$sent" "$N" "$rate" "$pf" "$milter"
+  echo "$name $rate $sent $pf $milter" >> "$T/rows"
 }
 
 cc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
-"$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
+cg_run libmilter "$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
 PIDS+=($!)
-ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock")
+cg_run libmilter-nr "$T/noop_libmilter" "unix:$T/run/libmilter-nr.sock" all-nr hdr &
+PIDS+=($!)
+ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock" "libmilter-nr|unix:$T/run/libmilter-nr.sock")
 if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" benches/wasmail-bench.toml > "$T/wasmail.toml"
   # The same chain with every plugin's instance_reuse = 1000.
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" -e "s#milter.sock#milter-reuse.sock#" \
     -e '/^grants = /a instance_reuse = 1000' benches/wasmail-bench.toml > "$T/wasmail-reuse.toml"
-  "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
+  cg_run wasmail "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
   PIDS+=($!)
-  "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
+  cg_run wasmail-reuse "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
   PIDS+=($!)
-  ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock")
+  { printf '[server]\nworker_threads = 1\n'; sed "s#milter-reuse.sock#milter-reuse-1w.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-1w.toml"
+  cg_run wasmail-reuse-1w "$WASMAIL" serve --config "$T/wasmail-reuse-1w.toml" 2>"$T/wasmail-reuse-1w.log" &
+  PIDS+=($!)
+  ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock"
+    "wasmail-reuse-1w|unix:$T/run/milter-reuse-1w.sock")
 else
   echo "wasmail rows skipped: build with scripts/setup.sh first" >&2
 fi
-for s in libmilter milter milter-reuse; do
+for s in libmilter libmilter-nr milter milter-reuse milter-reuse-1w; do
   for _ in $(seq 100); do [ -S "$T/run/$s.sock" ] && break; sleep 0.1; done
   [ -S "$T/run/$s.sock" ] && chmod 666 "$T/run/$s.sock"
 done
@@ -123,16 +159,20 @@ done
 
 python3 - "$T/rows" <<'PY'
 import statistics, sys
-rates = {}
+rates, pfs, milters = {}, {}, {}
 for line in open(sys.argv[1]):
-    name, rate, _ = line.split()
+    name, rate, _, pf, milter = line.split()
     rates.setdefault(name, []).append(float(rate))
-base = statistics.median(rates["baseline"])
+    pfs.setdefault(name, []).append(float(pf))
+    milters.setdefault(name, []).append(float(milter))
+med = statistics.median
+base = med(rates["baseline"])
+base_cpu = med(pfs["baseline"])
 print()
-print("| row | msg/s (median of rounds) | rounds | of Postfix without milter |")
-print("|---|---|---|---|")
+print("| row | msg/s (median of rounds) | rounds | of Postfix without milter | µs CPU/msg: Postfix | milter | baseline CPU ÷ row CPU |")
+print("|---|---|---|---|---|---|---|")
 for name, v in rates.items():
-    m = statistics.median(v)
+    m, pf, mi = med(v), med(pfs[name]), med(milters[name])
     each = ", ".join(f"{x:.0f}" for x in v)
-    print(f"| {name} | {m:.1f} | {each} | {m / base * 100:.0f}% |")
+    print(f"| {name} | {m:.1f} | {each} | {m / base * 100:.0f}% | {pf:.0f} | {mi:.0f} | {base_cpu / (pf + mi) * 100:.0f}% |")
 PY
