@@ -10,8 +10,8 @@
 #
 # Environment (defaults): DURATION=10 (seconds measured per case, after 1 s of warm-up),
 # CONNS="1 8", DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin
-# settings alike), WASMAIL (target/release/wasmail) and EXAMPLES (target/release/examples),
-# each built unless given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if
+# settings alike), WORKERS=2 (runtime threads of the floor and of wasmail alike), WASMAIL
+# (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if
 # missing). Unix sockets only; everything started is stopped on exit.
 #
 # Cases (tables and keys):
@@ -38,6 +38,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 8"}
 DOMAINS=${DOMAINS:-20}
 MAILBOXES=${MAILBOXES:-10}
+WORKERS=${WORKERS:-2}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
 if [ -z "${WASMAIL:-}" ]; then
   cargo build --release --bin wasmail
@@ -85,6 +86,8 @@ for k in "${keys_plain[@]}"; do found+=("$k=${k#*@}/${k%@*}/"); done
 
 common() { # REGISTRY-DB SOCKET
   cat <<EOC
+[server]
+worker_threads = $WORKERS
 [registry]
 path = "$1"
 refresh = "10s"
@@ -127,13 +130,13 @@ echo "filling the registry: ${#domains[@]} domains, ${#mailboxes[@]} mailboxes (
 for d in "${domains[@]}"; do "$WASMAIL" domain -c "$T/registry.toml" add "$d" >/dev/null; done
 for m in "${mailboxes[@]}"; do "$WASMAIL" mailbox -c "$T/registry.toml" add --no-password "$m" >/dev/null; done
 
-start "$EXAMPLES/socketmap_floor" "$T/floor.sock"
+start env WORKERS="$WORKERS" "$EXAMPLES/socketmap_floor" "$T/floor.sock"
 RUST_LOG=warn start "$WASMAIL" serve -c "$T/registry.toml"
 RUST_LOG=warn start "$WASMAIL" serve -c "$T/plugin.toml"
 for s in floor wm vm; do wait_for "$T/$s.sock"; done
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-echo "$(date -u +%F) $(nproc) cores ($cpu), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(date -u +%F) $(nproc) cores ($cpu), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); runtime workers $WORKERS (floor and wasmail)"
 echo "DURATION=$DURATION s per case after 1 s warm-up; ${#domains[@]} domains, ${#mailboxes[@]} mailboxes; ${#keys_plain[@]} keys cycled"
 
 ROWS=()

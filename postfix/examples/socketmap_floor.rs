@@ -10,7 +10,8 @@
 //!
 //! `VALUE` defaults to `example.com/alice/` (the size of a `virtual_mailbox_maps` answer).
 //! Runs until killed. Same shape as the responder: a multi-thread tokio runtime with 2
-//! workers, one task per connection, each pass decodes every complete request already
+//! workers (`WORKERS=N` in the environment to match `[server] worker_threads`), one task
+//! per connection, each pass decodes every complete request already
 //! buffered and answers them with one write (pipelining-safe).
 
 use std::path::PathBuf;
@@ -31,8 +32,13 @@ fn main() -> std::io::Result<()> {
         .map(|v| v.to_string_lossy().into_owned())
         .unwrap_or_else(|| "example.com/alice/".into());
     let reply = Reply::Ok(Bytes::from(value));
+    let workers = std::env::var("WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w: &usize| w > 0)
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_io()
         .build()?
         .block_on(serve(path, reply))
