@@ -139,6 +139,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(
         services = ?shared.config.services(),
         version = env!("CARGO_PKG_VERSION"),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "wasmail serving"
     );
 

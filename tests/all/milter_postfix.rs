@@ -411,7 +411,7 @@ value = "load"
     }
     assert_eq!(pf.queue_count("deferred"), 0);
     // The admin API's counters say how often an instance was reused.
-    let metrics = admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
+    let metrics = support::admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
     let reused: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("wasmail_plugin_reused_total{"))
@@ -422,22 +422,6 @@ value = "load"
     } else {
         assert_eq!(reused, 0, "{metrics}");
     }
-}
-
-/// GET `path` from the admin API on a unix socket; the response body.
-fn admin_get(socket: &std::path::Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: wasmail\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or(out)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use wasmail_milter::net::{MilterClient, SocketSpec};
-use wasmail_milter::{Action, Stage};
+use wasmail_milter::{Action, Agreement, Stage};
 
 use crate::support::Serve;
 
@@ -167,10 +167,13 @@ fn serve_refuses_to_start_with_a_broken_plugin_and_names_the_file() {
     assert!(!dir.path().join("m.sock").exists(), "nothing listens");
 }
 
-/// A chain whose first plugin rejects at end of headers, behind an admin socket.
-fn rejecting_at_end_of_headers(milter_extra: &str) -> Serve {
-    Serve::start(&format!(
+/// A server (one runtime worker) whose chain's first plugin rejects at end of headers,
+/// with an admin socket; a client that negotiated and sent CONNECT and HELO.
+async fn rejecting_at_end_of_headers(milter_extra: &str) -> (Serve, MilterClient, Agreement) {
+    let serve = Serve::start(&format!(
         r#"
+[server]
+worker_threads = 1
 [milter]
 listen = "unix:{{dir}}/milter.sock"
 chain = ["first", "second"]
@@ -189,7 +192,16 @@ verdict = "reject"
 file = "{plugins}/stamp.wasm"
 "#,
         plugins = crate::support::plugins_dir().display()
-    ))
+    ));
+    let spec = SocketSpec::Unix(serve.dir.path().join("milter.sock"));
+    let mut c = MilterClient::connect(&spec).await.unwrap();
+    c.negotiate().await.unwrap();
+    let a = *c.agreement().unwrap();
+    c.connect_inet("client.example", "192.0.2.1", 4711)
+        .await
+        .unwrap();
+    c.helo("client.example").await.unwrap();
+    (serve, c, a)
 }
 
 /// Runs one message up to the body; returns the replies to end of headers, the body and
@@ -219,18 +231,10 @@ fn reject_text(action: &Action) -> String {
 
 /// `wasmail_plugin_calls_total` for `plugin` from the admin API.
 fn calls(serve: &Serve, plugin: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(serve.dir.path().join("admin.sock"))
-        .expect("admin socket");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: wasmail\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let metrics = crate::support::admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
     let prefix = format!("wasmail_plugin_calls_total{{plugin=\"{plugin}\"");
-    out.lines()
+    metrics
+        .lines()
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
@@ -238,20 +242,17 @@ fn calls(serve: &Serve, plugin: &str) -> u64 {
 
 #[tokio::test]
 async fn content_verdicts_are_sent_at_end_of_message_and_nothing_runs_after_them() {
-    let mut serve = rejecting_at_end_of_headers("");
-    let spec = SocketSpec::Unix(serve.dir.path().join("milter.sock"));
-    let mut c = MilterClient::connect(&spec).await.unwrap();
-    c.negotiate().await.unwrap();
-    let a = *c.agreement().unwrap();
+    let (mut serve, mut c, a) = rejecting_at_end_of_headers("").await;
+    assert!(
+        serve.log_text().contains("workers=1"),
+        "[server] worker_threads = 1 is in force: {}",
+        serve.log_text()
+    );
     for stage in [Stage::Header, Stage::Eoh, Stage::Body] {
         assert!(a.sends(stage), "{stage:?} is sent");
         assert!(!a.expects_reply(stage), "{stage:?} is not answered");
     }
     assert!(a.expects_reply(Stage::Rcpt) && a.expects_reply(Stage::Eom));
-    c.connect_inet("client.example", "192.0.2.1", 4711)
-        .await
-        .unwrap();
-    c.helo("client.example").await.unwrap();
     let (eoh, body, eom) = message_rejected_at_end_of_headers(&mut c).await;
     assert_eq!(
         (eoh, body),
@@ -279,17 +280,10 @@ async fn content_verdicts_are_sent_at_end_of_message_and_nothing_runs_after_them
 
 #[tokio::test]
 async fn content_verdicts_can_be_answered_at_their_stage() {
-    let mut serve = rejecting_at_end_of_headers("defer_content_verdicts = false\n");
-    let spec = SocketSpec::Unix(serve.dir.path().join("milter.sock"));
-    let mut c = MilterClient::connect(&spec).await.unwrap();
-    c.negotiate().await.unwrap();
-    let a = *c.agreement().unwrap();
+    let (mut serve, mut c, a) =
+        rejecting_at_end_of_headers("defer_content_verdicts = false\n").await;
     assert!(!a.expects_reply(Stage::Header), "headers stay unanswered");
     assert!(a.expects_reply(Stage::Eoh) && a.expects_reply(Stage::Body));
-    c.connect_inet("client.example", "192.0.2.1", 4711)
-        .await
-        .unwrap();
-    c.helo("client.example").await.unwrap();
     c.mail("<a@example.com>", &[]).await.unwrap();
     c.rcpt("<b@example.net>", &[]).await.unwrap();
     c.header("Subject", "answered").await.unwrap();
