@@ -191,6 +191,38 @@ reject_rcpt = "carol@example.com"
 }
 
 #[test]
+fn postfix_client_sees_a_tempfail_from_a_body_chunk_after_the_final_dot() {
+    let test = "postfix_client_sees_a_tempfail_from_a_body_chunk_after_the_final_dot";
+    if !prerequisites(test) {
+        return;
+    }
+    // Body chunks are not answered (SMFIP_NR_BODY); the verdict goes with end of message.
+    let (_serve, pf) = start(
+        &["deferrer", "stamp"],
+        r#"
+[plugin.deferrer]
+file = "{plugins}/stamp.wasm"
+[plugin.deferrer.settings]
+verdict_at = "body"
+verdict = "tempfail"
+[plugin.stamp]
+file = "{plugins}/stamp.wasm"
+"#,
+    );
+    let (code, out) = pf.swaks(
+        pf.filter_port,
+        "alice@example.org",
+        &["bob@example.com"],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("451 4.7.1 stamp: tempfail at body"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pf.delivered("bob").is_empty());
+    assert_eq!(pf.queue_count("deferred"), 0, "refused, not queued");
+}
+
+#[test]
 fn postfix_applies_body_replacement_recipient_changes_and_quarantine() {
     if !prerequisites("postfix_applies_body_replacement_recipient_changes_and_quarantine") {
         return;
