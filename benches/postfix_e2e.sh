@@ -40,7 +40,11 @@ cleanup() {
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   [ -n "${KEEP:-}" ] || rm -rf "$T"
-  for g in "${CGROUPS[@]}"; do rmdir "$g" 2>/dev/null || true; done
+  # A killed process leaves its group only once it has exited.
+  for g in "${CGROUPS[@]}"; do
+    for _ in $(seq 50); do [ -n "$(cat "$g/cgroup.procs" 2>/dev/null)" ] || break; sleep 0.1; done
+    rmdir "$g" 2>/dev/null || echo "left cgroup $g (still has processes)" >&2
+  done
 }
 # CPU accounting groups: cgroup v1 cpuacct, or v2.
 CGROUPS=()
@@ -92,7 +96,7 @@ milter_default_action = tempfail
 default_process_limit = 100
 EOC
 smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 256 >"$T/sink.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); disown $!
 for g in postfix libmilter libmilter-nr wasmail wasmail-reuse wasmail-reuse-1w; do cg_make "$g"; done
 (cg_run postfix postfix -c "$T/etc" start >/dev/null)
 
@@ -125,9 +129,9 @@ run_row() {
 
 cc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
 cg_run libmilter "$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
-PIDS+=($!)
+PIDS+=($!); disown $!
 cg_run libmilter-nr "$T/noop_libmilter" "unix:$T/run/libmilter-nr.sock" all-nr hdr &
-PIDS+=($!)
+PIDS+=($!); disown $!
 ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock" "libmilter-nr|unix:$T/run/libmilter-nr.sock")
 if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" benches/wasmail-bench.toml > "$T/wasmail.toml"
@@ -135,12 +139,12 @@ if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" -e "s#milter.sock#milter-reuse.sock#" \
     -e '/^grants = /a instance_reuse = 1000' benches/wasmail-bench.toml > "$T/wasmail-reuse.toml"
   cg_run wasmail "$WASMAIL" serve --config "$T/wasmail.toml" 2>"$T/wasmail.log" &
-  PIDS+=($!)
+  PIDS+=($!); disown $!
   cg_run wasmail-reuse "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
-  PIDS+=($!)
+  PIDS+=($!); disown $!
   { printf '[server]\nworker_threads = 1\n'; sed "s#milter-reuse.sock#milter-reuse-1w.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-1w.toml"
   cg_run wasmail-reuse-1w "$WASMAIL" serve --config "$T/wasmail-reuse-1w.toml" 2>"$T/wasmail-reuse-1w.log" &
-  PIDS+=($!)
+  PIDS+=($!); disown $!
   ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock"
     "wasmail-reuse-1w|unix:$T/run/milter-reuse-1w.sock")
 else
