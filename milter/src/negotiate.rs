@@ -28,7 +28,10 @@ pub struct Needs {
     pub actions: Actions,
     /// Stages the handler wants to see. End of message is always sent.
     pub stages: StageSet,
-    /// Stages whose verdict the handler may set (others are negotiated as no-reply).
+    /// Stages the MTA waits for the handler's answer at; the others are negotiated as
+    /// no-reply. A final verdict the handler returns at a no-reply stage is held and sent as
+    /// the answer to the next answered stage, and the handler sees no more events of that
+    /// message (just as if the MTA had waited and stopped).
     pub replies: StageSet,
     /// The handler may answer body chunks with `SKIP`.
     pub skip: bool,

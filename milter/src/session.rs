@@ -348,8 +348,7 @@ impl ServerSession {
                     Phase::Connected if !agreement.sends(Stage::Mail) => {}
                     _ => return Err(self.out_of_order(name)),
                 }
-                self.macros.enter(crate::flags::cmd::BODYEOB);
-                Ok(Dispatch::call(Call::Event(Event::Eom(b))))
+                self.event(Event::Eom(b), false, out)
             }
             Command::Unknown(line) => {
                 if self.phase == Phase::AwaitConnect && agreement.sends(Stage::Connect) {
@@ -436,7 +435,12 @@ impl ServerSession {
         let stage = event.stage();
         self.macros.enter(stage.command_code());
         let skip = stage == Stage::Body && self.skipping_body;
-        if self.wanted.contains(stage) && !skip {
+        // A final verdict held back from a no-reply stage ends the message for the handler,
+        // as it would have had the MTA waited for it: the rest of the message is answered
+        // here, and the next answered stage carries the verdict.
+        let decided = matches!(self.pending, Some((_, Scope::Message)))
+            && !matches!(stage, Stage::Connect | Stage::Helo | Stage::Mail);
+        if self.wanted.contains(stage) && !skip && !decided {
             return Ok(Dispatch {
                 abort_first,
                 call: Call::Event(event),

@@ -71,7 +71,6 @@ impl MilterFactory for ServiceFactory {
             plugins: (self.wants_macros)(),
             offload: self.offload,
             defer_content: self.defer_content,
-            settled: false,
         }
     }
 
@@ -120,12 +119,10 @@ pub struct ChainMilter {
     /// Whether plugins read macros (then they are requested and copied before each stage).
     plugins: bool,
     offload: bool,
-    /// End-of-headers and body verdicts are negotiated as no-reply (the protocol session
-    /// holds a final one back and sends it at end of message).
+    /// End-of-headers and body verdicts are negotiated as no-reply: the protocol session
+    /// holds a final one back, sends it at end of message and passes nothing more of that
+    /// message to the chain.
     defer_content: bool,
-    /// The message already has a final verdict (or was cut off): the chain runs nothing
-    /// more until the next MAIL.
-    settled: bool,
 }
 
 impl std::fmt::Debug for ChainMilter {
@@ -165,14 +162,6 @@ impl ChainMilter {
                 lost_runner()
             }
         }
-    }
-
-    /// Notes a final verdict from a content stage; passes the action on.
-    fn settle(&mut self, action: Action) -> Action {
-        if action.is_final() {
-            self.settled = true;
-        }
-        action
     }
 
     /// Ends the transaction (plugins run `on-abort` and drop their instances).
@@ -399,7 +388,6 @@ impl Milter for ChainMilter {
             refresh_macros(&self.macros, cx);
         }
         self.headers.clear();
-        self.settled = false;
         action(
             &self
                 .run(Event::MailFrom {
@@ -433,38 +421,25 @@ impl Milter for ChainMilter {
     }
 
     async fn eoh(&mut self, cx: &Context<'_>) -> Action {
-        let headers = std::mem::take(&mut self.headers);
-        if self.settled {
-            return Action::Continue;
-        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
-        let mut outcome = self.run(Event::Headers(headers)).await;
-        if !outcome.verdict.is_final() {
-            outcome = self.run(Event::EndOfHeaders).await;
+        let headers = std::mem::take(&mut self.headers);
+        let outcome = self.run(Event::Headers(headers)).await;
+        if outcome.verdict.is_final() {
+            return action(&outcome);
         }
-        self.settle(action(&outcome))
+        action(&self.run(Event::EndOfHeaders).await)
     }
 
     async fn body(&mut self, cx: &Context<'_>, chunk: &Bytes) -> Action {
-        if self.settled {
-            return Action::Continue;
-        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
-        let outcome = self.run(Event::Body(chunk.to_vec())).await;
-        self.settle(action(&outcome))
+        action(&self.run(Event::Body(chunk.to_vec())).await)
     }
 
     async fn eom(&mut self, cx: &Context<'_>, edits: &mut Vec<Modification>) -> Action {
-        if self.settled {
-            // A final verdict from a content stage: the protocol session sends it now.
-            self.settled = false;
-            self.end_transaction().await;
-            return Action::Continue;
-        }
         if self.plugins {
             refresh_macros(&self.macros, cx);
         }
@@ -480,10 +455,6 @@ impl Milter for ChainMilter {
 
     async fn abort(&mut self, _cx: &Context<'_>) {
         self.headers.clear();
-        // Also reached when a content stage ran past its deadline: the rest of that message
-        // (still sent by Postfix when verdicts are deferred) must not start a new
-        // transaction in the plugins.
-        self.settled = true;
         self.end_transaction().await;
     }
 }
