@@ -29,9 +29,25 @@ fn slot(code: u8) -> Option<usize> {
 }
 
 /// Macro values received so far on a connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Macros {
     stages: [Vec<(Bytes, Bytes)>; SLOTS],
+}
+
+impl Clone for Macros {
+    fn clone(&self) -> Self {
+        Macros {
+            stages: self.stages.clone(),
+        }
+    }
+
+    /// Keeps `self`'s allocations: a copy taken before every stage costs reference-count
+    /// increments, no allocation.
+    fn clone_from(&mut self, source: &Self) {
+        for (to, from) in self.stages.iter_mut().zip(&source.stages) {
+            to.clone_from(from);
+        }
+    }
 }
 
 fn bare(name: &[u8]) -> &[u8] {
@@ -103,6 +119,20 @@ mod tests {
         list.iter()
             .map(|(n, v)| (Bytes::from(n.to_string()), Bytes::from(v.to_string())))
             .collect()
+    }
+
+    #[test]
+    fn clone_from_copies_every_stage_and_forgets_what_the_source_lacks() {
+        let mut src = Macros::default();
+        src.set(b'C', pairs(&[("j", "mx")]));
+        src.set(b'M', pairs(&[("{mail_addr}", "a@x")]));
+        let mut copy = Macros::default();
+        copy.set(b'R', pairs(&[("{rcpt_addr}", "stale@y")]));
+        copy.clone_from(&src);
+        assert_eq!(copy.get("j"), Some(&b"mx"[..]));
+        assert_eq!(copy.get("mail_addr"), Some(&b"a@x"[..]));
+        assert_eq!(copy.get("rcpt_addr"), None);
+        assert_eq!(copy.iter().count(), src.iter().count());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::config::{Capability, Limits};
 
 /// The milter macros of the current connection/message, shared between the milter
 /// handler (which refreshes it before every stage) and the plugin instances that read it.
-pub type SharedMacros = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+pub type SharedMacros = Arc<std::sync::Mutex<wasmail_milter::Macros>>;
 
 /// Services the capabilities use, shared by all instances.
 #[derive(Debug, Clone, Default)]
@@ -200,10 +200,8 @@ fn truncate(msg: &str, max: usize) -> Cow<'_, str> {
 
 impl wit::types::Host for HostState {}
 
-fn bare(name: &str) -> &str {
-    name.strip_prefix('{')
-        .and_then(|n| n.strip_suffix('}'))
-        .unwrap_or(name)
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 impl wit::macros::Host for HostState {
@@ -212,19 +210,15 @@ impl wit::macros::Host for HostState {
             return Ok(None);
         };
         let m = m.lock().unwrap_or_else(|e| e.into_inner());
-        let want = bare(&name);
-        Ok(m.iter()
-            .rev()
-            .find(|(n, _)| n == want)
-            .map(|(_, v)| v.clone()))
+        Ok(m.get(&name).map(lossy))
     }
 
     fn all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(self
-            .macros
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .unwrap_or_default())
+        let Some(m) = &self.macros else {
+            return Ok(Vec::new());
+        };
+        let m = m.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(m.iter().map(|(n, v)| (lossy(n), lossy(v))).collect())
     }
 }
 

@@ -190,9 +190,10 @@ impl ChainMilter {
 
 /// The macros plugins can read (the `macros` interface), refreshed before each stage.
 fn refresh_macros(shared: &SharedMacros, cx: &Context<'_>) {
-    let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
-    m.clear();
-    m.extend(cx.macros.iter().map(|(n, v)| (text(n), text(v))));
+    shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone_from(cx.macros);
 }
 
 /// Macros wasmail asks Postfix for (SETSYMLIST), per stage; they replace Postfix's
