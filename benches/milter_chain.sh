@@ -29,8 +29,10 @@ H=${3:-8}
 ROUNDS=${ROUNDS:-3}
 WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 LOADGEN=${LOADGEN:-$ROOT/target/release/examples/loadgen}
+NOOP=${NOOP:-$ROOT/target/release/examples/noop_server}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
-[ -x "$LOADGEN" ] || cargo build --release -p wasmail-milter --features tokio --example loadgen
+[ -x "$LOADGEN" ] && [ -x "$NOOP" ] ||
+  cargo build --release -p wasmail-milter --features tokio --example loadgen --example noop_server
 T=$(mktemp -d /tmp/wasmail-chain.XXXXXX)
 PIDS=()
 cleanup() {
@@ -111,7 +113,9 @@ wasmail_config reuse "unix:$T/wm-reuse.sock" 'chain = ["a", "b", "stamp"]' 1000
 wasmail_config reuse-eom "unix:$T/wm-reuse-eom.sock" 'chain = ["eom"]' 1000
 wasmail_config reuse-1w "unix:$T/wm-reuse-1w.sock" 'chain = ["a", "b", "stamp"]' 1000 1
 for c in chain eom reuse reuse-eom reuse-1w; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
-for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w; do wait_for "$T/$s.sock"; done
+# The floor: the milter crate's driver with a no-op handler, same wire, one header added.
+start floor "$NOOP" "unix:$T/floor.sock" all-nr hdr
+for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w floor; do wait_for "$T/$s.sock"; done
 # Rows interleaved, round after round, so a drift of this shared machine hits every row.
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
@@ -122,6 +126,7 @@ for r in $(seq "$ROUNDS"); do
   run "wasmail, 3-plugin chain"              wm-chain
   run "wasmail, 3-plugin chain, reuse"       wm-reuse
   run "wasmail, chain, reuse, 1 worker"      wm-reuse-1w
+  run "floor: driver, no-op handler"         floor
   run "libmilter, end of message only"       lm-eom
   run "pymilter, end of message only"        py-eom
   run "wasmail, one end-of-message plugin"   wm-eom

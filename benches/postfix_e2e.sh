@@ -3,6 +3,8 @@
 #
 #   benches/postfix_e2e.sh [MESSAGES] [SESSIONS] [BODY_BYTES]     (ROUNDS=3 in the environment)
 #
+# ONLY="baseline floor ..." in the environment runs just those rows.
+#
 # Starts a private Postfix instance on 127.0.0.1 (relayhost = an smtp-sink on loopback), then
 # for each row sends MESSAGES with smtp-source over SESSIONS parallel SMTP sessions and times
 # until every message has left the queue, ROUNDS times with the rows interleaved; the table
@@ -11,6 +13,9 @@
 #   libmilter  Debian libmilter no-op milter (all stages, adds one header) on a unix socket
 #   libmilter-nr  the same, negotiating what wasmail does (no reply to headers, end of
 #              headers and body; no DATA): the same packets on the wire
+#   floor      the milter crate's no-op server (milter/examples/noop_server.rs), same wire
+#              and one header, no plugins: what a milter on wasmail's driver costs Postfix
+#              before any plugin runs
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
 #   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
 #   wasmail-reuse-1w  that with `[server] worker_threads = 1`
@@ -29,6 +34,10 @@ L=${3:-4096}
 ROUNDS=${ROUNDS:-3}
 WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+if [ -z "${EXAMPLES:-}" ]; then
+  cargo build --release -p wasmail-milter --features tokio --example noop_server
+  EXAMPLES=$ROOT/target/release/examples
+fi
 
 [ "$(id -u)" = 0 ] || { echo "needs root (private Postfix instance)" >&2; exit 1; }
 T=$(mktemp -d /tmp/wasmail-pfbench.XXXXXX)
@@ -97,7 +106,7 @@ default_process_limit = 100
 EOC
 smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 256 >"$T/sink.log" 2>&1 &
 PIDS+=($!); disown $!
-for g in postfix libmilter libmilter-nr wasmail wasmail-reuse wasmail-reuse-1w; do cg_make "$g"; done
+for g in postfix libmilter libmilter-nr floor wasmail wasmail-reuse wasmail-reuse-1w; do cg_make "$g"; done
 (cg_run postfix postfix -c "$T/etc" start >/dev/null)
 
 queue_empty() { [ -z "$(find "$T/spool/incoming" "$T/spool/active" "$T/spool/deferred" -type f 2>/dev/null | head -1)" ]; }
@@ -132,7 +141,10 @@ cg_run libmilter "$T/noop_libmilter" "unix:$T/run/libmilter.sock" all hdr &
 PIDS+=($!); disown $!
 cg_run libmilter-nr "$T/noop_libmilter" "unix:$T/run/libmilter-nr.sock" all-nr hdr &
 PIDS+=($!); disown $!
-ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock" "libmilter-nr|unix:$T/run/libmilter-nr.sock")
+cg_run floor "$EXAMPLES/noop_server" "unix:$T/run/floor.sock" all-nr hdr &
+PIDS+=($!); disown $!
+ROWS=("baseline|" "libmilter|unix:$T/run/libmilter.sock" "libmilter-nr|unix:$T/run/libmilter-nr.sock"
+  "floor|unix:$T/run/floor.sock")
 if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   sed -e "s#{dir}#$T#g" -e "s#{plugins}#$PLUGINS#g" benches/wasmail-bench.toml > "$T/wasmail.toml"
   # The same chain with every plugin's instance_reuse = 1000.
@@ -150,7 +162,7 @@ if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
 else
   echo "wasmail rows skipped: build with scripts/setup.sh first" >&2
 fi
-for s in libmilter libmilter-nr milter milter-reuse milter-reuse-1w; do
+for s in libmilter libmilter-nr floor milter milter-reuse milter-reuse-1w; do
   for _ in $(seq 100); do [ -S "$T/run/$s.sock" ] && break; sleep 0.1; done
   [ -S "$T/run/$s.sock" ] && chmod 666 "$T/run/$s.sock"
 done
@@ -158,7 +170,9 @@ done
 echo "Postfix $(postconf -d -h mail_version), $N messages, $S sessions, $L-byte bodies, $(nproc) cores, $ROUNDS rounds"
 # Rows interleaved, round after round, so a drift of this shared machine hits every row.
 for r in $(seq "$ROUNDS"); do
-  for row in "${ROWS[@]}"; do run_row "${row%%|*}" "${row#*|}"; done
+  for row in "${ROWS[@]}"; do
+    case " ${ONLY:-${row%%|*}} " in *" ${row%%|*} "*) run_row "${row%%|*}" "${row#*|}" ;; esac
+  done
 done
 
 python3 - "$T/rows" <<'PY'
@@ -170,6 +184,8 @@ for line in open(sys.argv[1]):
     pfs.setdefault(name, []).append(float(pf))
     milters.setdefault(name, []).append(float(milter))
 med = statistics.median
+if "baseline" not in rates:
+    sys.exit("no baseline row (ONLY without baseline): no shares to compute")
 base = med(rates["baseline"])
 base_cpu = med(pfs["baseline"])
 print()
