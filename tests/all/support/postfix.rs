@@ -244,6 +244,40 @@ impl Postfix {
         (out.status.code().unwrap_or(-1), text)
     }
 
+    /// Sends a message from alice@example.org to `to` through the milter-filtered smtpd
+    /// (`filter_port`, swaks `extra` arguments) and panics with the transcript unless the SMTP
+    /// client saw it accepted. Returns the transcript.
+    pub fn send_accepted(&self, to: &[&str], extra: &[&str]) -> String {
+        let (code, out) = self.swaks(self.filter_port, "alice@example.org", to, extra);
+        assert_eq!(code, 0, "the message should have been accepted:\n{out}");
+        out
+    }
+
+    /// Like [`Postfix::send_accepted`], expecting a refusal whose transcript contains
+    /// `reply`. Checks that nothing reached any recipient in `to` and nothing was left in
+    /// Postfix's queue (the refusal is the client's to handle). Returns the transcript.
+    pub fn send_refused(&self, to: &[&str], extra: &[&str], reply: &str) -> String {
+        let (code, out) = self.swaks(self.filter_port, "alice@example.org", to, extra);
+        assert_ne!(code, 0, "the message should have been refused:\n{out}");
+        assert!(out.contains(reply), "expected {reply:?} in:\n{out}");
+        // A delivery that wrongly went ahead would land within this wait.
+        std::thread::sleep(Duration::from_millis(500));
+        for rcpt in to {
+            assert!(
+                self.delivered(rcpt).is_empty(),
+                "{rcpt} got a refused message"
+            );
+        }
+        for queue in ["incoming", "active", "deferred", "hold"] {
+            assert_eq!(
+                self.queue_count(queue),
+                0,
+                "refused, yet in the {queue} queue"
+            );
+        }
+        out
+    }
+
     /// Messages delivered to `user` (`bob` = bob@example.com, or a full address in
     /// example.com / example.net), as text, in delivery order.
     pub fn delivered(&self, user: &str) -> Vec<String> {
