@@ -47,8 +47,16 @@ impl<B> std::fmt::Debug for Pooled<B> {
 
 /// Idle instances, shared by every connection of a service.
 pub struct InstancePool<B> {
-    idle: Mutex<HashMap<PoolKey, Vec<Pooled<B>>>>,
+    idle: Mutex<Idle<B>>,
     max_idle: usize,
+}
+
+/// The waiting instances by key, and how many there are in all (kept, not counted per
+/// request: a responder with one key per domain would otherwise walk every domain on each
+/// lookup).
+struct Idle<B> {
+    by_key: HashMap<PoolKey, Vec<Pooled<B>>>,
+    count: usize,
 }
 
 impl<B> std::fmt::Debug for InstancePool<B> {
@@ -64,15 +72,17 @@ impl<B> InstancePool<B> {
     /// A pool keeping at most `max_idle` instances (0 = never keep one).
     pub fn new(max_idle: usize) -> Self {
         InstancePool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle {
+                by_key: HashMap::new(),
+                count: 0,
+            }),
             max_idle,
         }
     }
 
     /// Idle instances now.
     pub fn len(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 
     /// True when no instance waits.
@@ -84,7 +94,8 @@ impl<B> InstancePool<B> {
     pub fn clear(&self) {
         let drained: Vec<Vec<Pooled<B>>> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.drain().map(|(_, v)| v).collect()
+            idle.count = 0;
+            idle.by_key.drain().map(|(_, v)| v).collect()
         };
         // Dropped outside the lock: freeing an instance resets its memory.
         drop(drained);
@@ -94,10 +105,12 @@ impl<B> InstancePool<B> {
     pub fn take(&self, plugin: &Arc<LoadedPlugin>, key: &PoolKey) -> Option<Pooled<B>> {
         let mut stale = Vec::new();
         let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.get_mut(key)?;
+            let mut guard = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = &mut *guard;
+            let list = idle.by_key.get_mut(key)?;
             let mut found = None;
             while let Some(p) = list.pop() {
+                idle.count -= 1;
                 if Arc::ptr_eq(&p.plugin, plugin) {
                     found = Some(p);
                     break;
@@ -118,9 +131,9 @@ impl<B> InstancePool<B> {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total < self.max_idle {
-            idle.entry(key).or_default().push(p);
+        if idle.count < self.max_idle {
+            idle.count += 1;
+            idle.by_key.entry(key).or_default().push(p);
             return;
         }
         drop(idle);

@@ -227,6 +227,58 @@ fn reused_instances_start_every_transaction_clean() {
 }
 
 #[test]
+fn at_most_idle_instances_wait_for_reuse() {
+    let f = host(
+        &reusing(STAMP).replace("watch = false\n", "watch = false\nidle_instances = 2\n"),
+        &["stamp"],
+    );
+    let instances = || counter(&f.host, "stamp", |c| &c.instances);
+    // `n` connections with a transaction open at the same time (an instance each), then
+    // each ends its message, which offers its instance to the pool.
+    let overlapping = |n: usize| {
+        let mut runners: Vec<ChainRunner> = (0..n).map(|_| runner(&f.host, &["stamp"])).collect();
+        let mut rests = Vec::new();
+        for r in &mut runners {
+            let mut events = connect_events();
+            let mut message = simple_message();
+            rests.push(message.split_off(2));
+            events.extend(message);
+            for ev in events {
+                assert!(!r.run(ev).verdict.is_final());
+            }
+        }
+        let live = instances();
+        for (r, rest) in runners.iter_mut().zip(rests) {
+            let out = run(r, rest);
+            assert!(
+                header_edit(eom(&out), "X-Wasmail-Stamp").is_some(),
+                "{out:?}"
+            );
+        }
+        live
+    };
+    assert_eq!(
+        overlapping(3),
+        3,
+        "three transactions at once, three instances"
+    );
+    assert_eq!(
+        f.host.filter_pool().len(),
+        2,
+        "the third instance is dropped"
+    );
+    // Two more at once take the two waiting instances and give them back.
+    assert_eq!(overlapping(2), 3, "no new instance");
+    assert_eq!(counter(&f.host, "stamp", |c| &c.reused), 2);
+    assert_eq!(f.host.filter_pool().len(), 2);
+    assert!(
+        f.host
+            .render_prometheus()
+            .contains("wasmail_plugin_idle_instances 2")
+    );
+}
+
+#[test]
 fn reuse_ends_after_instance_reuse_transactions() {
     let f = host(
         &STAMP.replace(
