@@ -13,11 +13,50 @@
 //!
 //! Keys are compared with the host's folded key.
 
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasmail_plugin_sdk::table::prelude::*;
 
 static ANSWERED: AtomicU32 = AtomicU32::new(0);
+
+/// The settings, parsed on an instance's first lookup: settings cannot change while an
+/// instance lives, and the host reuses an instance for many lookups, so each lookup costs
+/// a few hash probes, whatever the lists' lengths.
+struct Rules {
+    found: HashMap<String, String>,
+    temp: HashSet<String>,
+    perm: HashSet<String>,
+    trap: HashSet<String>,
+    echo_original: bool,
+}
+
+impl Rules {
+    fn from_settings() -> Rules {
+        let set = |name: &str| config::list_or(name, "").iter().cloned().collect();
+        let mut found = HashMap::new();
+        for pair in config::list_or("found", "").iter() {
+            if let Some((name, value)) = pair.split_once('=') {
+                // The first pair for a key wins, as a scan in list order would find it.
+                found
+                    .entry(name.to_string())
+                    .or_insert_with(|| value.to_string());
+            }
+        }
+        Rules {
+            found,
+            temp: set("temp"),
+            perm: set("perm"),
+            trap: set("trap"),
+            echo_original: config::get_bool_or("echo_original", false),
+        }
+    }
+}
+
+thread_local! {
+    static RULES: OnceCell<Rules> = const { OnceCell::new() };
+}
 
 struct TableRules;
 
@@ -32,26 +71,25 @@ impl Table for TableRules {
         if k == "count" || k.starts_with("count@") {
             return Answer::found(n.to_string());
         }
-        if config::list_or("trap", "").iter().any(|t| t == k) {
-            panic!("table-rules: trap on {k}");
-        }
-        if config::list_or("temp", "").iter().any(|t| t == k) {
-            return Answer::temp(format!("no answer for {k} right now"));
-        }
-        if config::list_or("perm", "").iter().any(|t| t == k) {
-            return Answer::perm(format!("{k} is misconfigured"));
-        }
-        for pair in config::list_or("found", "").iter() {
-            if let Some((name, value)) = pair.split_once('=')
-                && name == k
-            {
-                if config::get_bool_or("echo_original", false) {
-                    return Answer::found(format!("{value} original={}", key.original));
-                }
-                return Answer::found(value);
+        RULES.with(|r| {
+            let rules = r.get_or_init(Rules::from_settings);
+            if rules.trap.contains(k) {
+                panic!("table-rules: trap on {k}");
             }
-        }
-        Answer::NotFound
+            if rules.temp.contains(k) {
+                return Answer::temp(format!("no answer for {k} right now"));
+            }
+            if rules.perm.contains(k) {
+                return Answer::perm(format!("{k} is misconfigured"));
+            }
+            match rules.found.get(k) {
+                Some(value) if rules.echo_original => {
+                    Answer::found(format!("{value} original={}", key.original))
+                }
+                Some(value) => Answer::found(value.as_str()),
+                None => Answer::NotFound,
+            }
+        })
     }
 }
 
