@@ -1,7 +1,8 @@
 //! `virtual-mailbox`: answers Postfix's `virtual_mailbox_domains` and `virtual_mailbox_maps`
 //! lookups from the plugin's settings (world `table`). See README.md.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use wasmail_plugin_sdk::addr;
 use wasmail_plugin_sdk::table::prelude::*;
@@ -44,27 +45,37 @@ thread_local! {
 /// The configured domains and mailboxes, lower case.
 struct Directory {
     domains: HashSet<String>,
-    mailboxes: HashSet<String>,
+    /// Mailbox address → its maildir path (`domain/local/`), worked out once; a mailbox
+    /// whose path would be unsafe is left out (not found).
+    mailboxes: HashMap<String, String>,
 }
 
 impl Directory {
     fn new(domains: &[String], mailboxes: &[String]) -> Directory {
         Directory {
             domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            mailboxes: mailboxes.iter().map(|m| addr::normalize(m)).collect(),
+            mailboxes: mailboxes
+                .iter()
+                .map(|m| addr::normalize(m))
+                .filter_map(|m| maildir(&m).map(|path| (m, path)))
+                .collect(),
         }
     }
 
-    /// Answers one lookup.
     fn lookup(&self, table: &str, key: &str) -> Answer {
         if key.is_empty() || key.chars().any(char::is_whitespace) {
             return Answer::perm(format!("invalid lookup key {key:?}"));
         }
-        let key = key.to_ascii_lowercase();
+        // The host passes keys folded to lower case; copy only when one is not.
+        let key = if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(key.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(key)
+        };
         match table {
-            DOMAINS_TABLE if self.domains.contains(&key) => Answer::found("OK"),
-            MAPS_TABLE if self.mailboxes.contains(&key) => match maildir(&key) {
-                Some(path) => Answer::Found(path),
+            DOMAINS_TABLE if self.domains.contains(key.as_ref()) => Answer::found("OK"),
+            MAPS_TABLE => match self.mailboxes.get(key.as_ref()) {
+                Some(path) => Answer::found(path.as_str()),
                 None => Answer::NotFound,
             },
             _ => Answer::NotFound,
@@ -72,7 +83,6 @@ impl Directory {
     }
 }
 
-/// The maildir path of an address relative to the virtual mailbox base: `<domain>/<local>/`.
 fn maildir(address: &str) -> Option<String> {
     let domain = addr::domain(address)?;
     let local = addr::local_part(address);
