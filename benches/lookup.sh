@@ -9,10 +9,13 @@
 #   benches/lookup.sh
 #
 # Environment (defaults): DURATION=10 (seconds measured per case, after 1 s of warm-up),
-# CONNS="1 8", DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin
-# settings alike), WORKERS=2 (runtime threads of the floor and of wasmail alike), WASMAIL
-# (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if
-# missing). Unix sockets only; everything started is stopped on exit.
+# ROUNDS=1 (with more, the cases run round after round, interleaved, and the table gives
+# each case's median: a drift of a shared machine then hits every case), CONNS="1 8",
+# DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin settings alike),
+# WORKERS=2 (runtime threads of the floor and of wasmail alike), WASMAIL
+# (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless
+# given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if missing). Unix
+# sockets only; everything started is stopped on exit.
 #
 # Cases (tables and keys):
 # - floor:                  any table name, the constant answer.
@@ -40,6 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-1}
 CONNS=${CONNS:-"1 8"}
 DOMAINS=${DOMAINS:-20}
 MAILBOXES=${MAILBOXES:-10}
@@ -162,31 +166,34 @@ run() { # LABEL CONNS SOCKET TABLE KEYS
   printf '%-24s %s  server CPU %s µs/lookup\n' "$1" "$out" "$cpu"
   ROWS+=("$1|$2|$(field lookups_per_sec "$out")|$(field p50_us "$out")|$(field p99_us "$out")|$(field max_us "$out")|$cpu")
 }
-for c in $CONNS; do
-  run "floor"                   "$c" "$T/floor.sock" virtual_mailbox_maps "$(join "${keys_ext[@]}")"
-  run "registry, +ext"          "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
-  run "registry, exact"         "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_plain[@]}")"
-  run "plugin table-rules"      "$c" "$T/wm.sock"    rules                "$(join "${keys_plain[@]}")"
-  run "plugin virtual-mailbox"  "$c" "$T/vm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+for r in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" = 1 ] || echo "-- round $r"
+  for c in $CONNS; do
+    run "floor"                   "$c" "$T/floor.sock" virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+    run "registry, +ext"          "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+    run "registry, exact"         "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_plain[@]}")"
+    run "plugin table-rules"      "$c" "$T/wm.sock"    rules                "$(join "${keys_plain[@]}")"
+    run "plugin virtual-mailbox"  "$c" "$T/vm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+  done
 done
 
 echo
-echo "| case | connections | lookups/s | p50 µs | p99 µs | max µs | server µs CPU/lookup | ÷ floor | targets |"
-echo "|---|---|---|---|---|---|---|---|---|"
-declare -A FLOOR
-for r in "${ROWS[@]}"; do
-  IFS='|' read -r label c rate _ <<<"$r"
-  [ "$label" = floor ] && FLOOR[$c]=$rate
-done
-for r in "${ROWS[@]}"; do
-  IFS='|' read -r label c rate p50 p99 max cpu <<<"$r"
-  ratio=$(awk -v a="$rate" -v b="${FLOOR[$c]}" 'BEGIN { printf "%.1f%%", 100 * a / b }')
-  verdict="—"
-  if [ "$label" != floor ]; then
-    verdict=$(awk -v a="$rate" -v b="${FLOOR[$c]}" 'BEGIN { print (a >= 0.8 * b ? "≥ 80%: yes" : "≥ 80%: **no**") }')
-    case $label in plugin*)
-      verdict+=$(awk -v p="$p99" 'BEGIN { print (p <= 100 ? "; p99 ≤ 100 µs: yes" : "; p99 ≤ 100 µs: **no**") }') ;;
-    esac
-  fi
-  echo "| $label | $c | $rate | $p50 | $p99 | $max | $cpu | $ratio | $verdict |"
-done
+[ "$ROUNDS" = 1 ] || echo "Medians of $ROUNDS interleaved rounds; ÷ floor compares medians."
+printf '%s\n' "${ROWS[@]}" | python3 -c '
+import statistics, sys
+rows = {}
+for line in sys.stdin:
+    label, c, rate, p50, p99, mx, cpu = line.rstrip("\n").split("|")
+    rows.setdefault((label, c), []).append([float(x) for x in (rate, p50, p99, mx, cpu)])
+med = {k: [statistics.median(col) for col in zip(*v)] for k, v in rows.items()}
+print("| case | connections | lookups/s | p50 µs | p99 µs | max µs | server µs CPU/lookup | ÷ floor | targets |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (label, c), (rate, p50, p99, mx, cpu) in med.items():
+    floor = med[("floor", c)][0]
+    verdict = "—"
+    if label != "floor":
+        verdict = "≥ 80%: yes" if rate >= 0.8 * floor else "≥ 80%: **no**"
+        if label.startswith("plugin"):
+            verdict += "; p99 ≤ 100 µs: yes" if p99 <= 100 else "; p99 ≤ 100 µs: **no**"
+    print(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {cpu:.1f} | {100 * rate / floor:.1f}% | {verdict} |")
+'
