@@ -698,11 +698,15 @@ impl StagePlugin for WasmFilter {
                     .get(&self.name)
                     .is_some_and(|newest| Arc::ptr_eq(&newest, &self.plugin))
             {
+                let mut store = live.store;
+                // The connection's macros stay with the connection, not with an idle
+                // instance (the next one gets its own at checkout).
+                store.data_mut().macros = None;
                 self.host.filter_pool().give_back(
                     self.pool_key.clone(),
                     Pooled {
                         plugin: self.plugin.clone(),
-                        store: live.store,
+                        store,
                         bindings: live.bindings,
                         uses: live.uses,
                     },

@@ -369,6 +369,7 @@ file = "{plugins}/stamp.wasm"
 instance_reuse = REUSE
 [plugin.stamp.settings]
 value = "load"
+macros = "i"
 "#
         .replace("REUSE", &instance_reuse.to_string()),
         "[admin]\nlisten = \"unix:{dir}/admin.sock\"\n",
@@ -395,6 +396,14 @@ value = "load"
         let seen = header(m, "X-Wasmail-Seen").expect("X-Wasmail-Seen");
         assert_eq!(seen.matches("mail-from").count(), 1, "{seen}");
         assert_eq!(seen.matches("end-of-headers").count(), 1, "{seen}");
+        // The macros a reused instance reads are its current message's: the queue id the
+        // plugin saw is the one in this message's own Received header.
+        let macros = header(m, "X-Wasmail-Macros").expect("X-Wasmail-Macros");
+        let queue_id = macros.strip_prefix("i=").unwrap_or_default().trim();
+        assert!(
+            !queue_id.is_empty() && m.contains(&format!(" id {queue_id}")),
+            "{m}"
+        );
         assert_eq!(
             m.lines()
                 .filter(|l| l.starts_with("X-Wasmail-Stamp:"))
