@@ -41,8 +41,8 @@ impl Clone for Macros {
         }
     }
 
-    /// Keeps `self`'s allocations: a copy taken before every stage costs reference-count
-    /// increments, no allocation.
+    /// Reuses `self`'s buffers: once they have grown to the source's sizes, a copy taken
+    /// before every stage costs reference-count increments and no allocation.
     fn clone_from(&mut self, source: &Self) {
         for (to, from) in self.stages.iter_mut().zip(&source.stages) {
             to.clone_from(from);

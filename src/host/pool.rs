@@ -136,6 +136,8 @@ impl<B> InstancePool<B> {
             idle.by_key.entry(key).or_default().push(p);
             return;
         }
+        // Full: `p` is dropped after the lock is released (freeing an instance resets its
+        // memory).
         drop(idle);
     }
 }

@@ -116,6 +116,7 @@ impl Mailbox {
             ..Mailbox::default()
         }
     }
+
     /// The domain part.
     pub fn domain(&self) -> &str {
         self.address.rsplit_once('@').map_or("", |(_, d)| d)
@@ -143,6 +144,7 @@ impl Alias {
             targets: targets.iter().map(|t| t.to_string()).collect(),
         }
     }
+
     /// True for a catch-all (`@domain`).
     pub fn is_catch_all(&self) -> bool {
         self.source.starts_with('@')

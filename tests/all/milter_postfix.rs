@@ -414,12 +414,10 @@ macros = "i"
     }
     assert_eq!(pf.queue_count("deferred"), 0);
     // The admin API's counters say how often an instance was reused.
-    let metrics = support::admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
-    let reused: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("wasmail_plugin_reused_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let (reused, metrics) = support::metric_total(
+        &serve.dir.path().join("admin.sock"),
+        "wasmail_plugin_reused_total{",
+    );
     if instance_reuse > 1 {
         assert!(reused >= 200, "reused {reused} times:\n{metrics}");
     } else {

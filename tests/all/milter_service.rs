@@ -231,13 +231,11 @@ fn reject_text(action: &Action) -> String {
 
 /// `wasmail_plugin_calls_total` for `plugin` from the admin API.
 fn calls(serve: &Serve, plugin: &str) -> u64 {
-    let metrics = crate::support::admin_get(&serve.dir.path().join("admin.sock"), "/metrics");
-    let prefix = format!("wasmail_plugin_calls_total{{plugin=\"{plugin}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    crate::support::metric_total(
+        &serve.dir.path().join("admin.sock"),
+        &format!("wasmail_plugin_calls_total{{plugin=\"{plugin}\""),
+    )
+    .0
 }
 
 #[tokio::test]

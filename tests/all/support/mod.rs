@@ -307,3 +307,16 @@ pub fn admin_get(socket: &std::path::Path, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or(out)
 }
+
+/// The sum of every series of the metric whose lines start with `prefix` (e.g.
+/// `wasmail_plugin_calls_total{plugin="x"`), read from the admin API's `/metrics` on
+/// `socket`; with the metrics text, for failure messages.
+pub fn metric_total(socket: &std::path::Path, prefix: &str) -> (u64, String) {
+    let metrics = admin_get(socket, "/metrics");
+    let total = metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    (total, metrics)
+}
