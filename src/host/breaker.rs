@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::config::BreakerConfig;
@@ -142,6 +142,10 @@ struct State {
 pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,
+    /// True while `state.open_until` is set (written under the lock). Calls check it first,
+    /// so a closed breaker, the usual case, costs no lock and no clock read per call; a
+    /// call racing with the trip may still run, as it could have just before it.
+    open: AtomicBool,
 }
 
 /// What [`Breaker::record_failure`] did.
@@ -164,10 +168,16 @@ impl Breaker {
                 open_until: None,
                 backoff,
             }),
+            open: AtomicBool::new(false),
         }
     }
 
-    /// True when calls may run now.
+    /// True when calls may run now (reads the clock only when the breaker has opened).
+    pub fn allows_now(&self) -> bool {
+        !self.open.load(Ordering::Acquire) || self.allows(Instant::now())
+    }
+
+    /// True when calls may run at `now`.
     pub fn allows(&self, now: Instant) -> bool {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.open_until.is_none_or(|t| now >= t)
@@ -191,6 +201,7 @@ impl Breaker {
         if s.failures.len() as u32 >= self.config.failures {
             let period = s.backoff;
             s.open_until = Some(now + period);
+            self.open.store(true, Ordering::Release);
             s.backoff = (period * 2).min(self.config.max_backoff);
             s.failures.clear();
             return Tripped::Opened(period);
@@ -200,11 +211,15 @@ impl Breaker {
 
     /// Records a success: a half-open breaker closes and its backoff resets.
     pub fn record_success(&self) {
+        if !self.open.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.open_until.is_some() {
             s.open_until = None;
             s.backoff = self.config.backoff;
         }
+        self.open.store(false, Ordering::Release);
     }
 }
 
@@ -219,6 +234,29 @@ mod tests {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(4),
         }
+    }
+
+    #[test]
+    fn the_lock_free_check_follows_trips_and_the_closing_success() {
+        let b = Breaker::new(cfg());
+        b.record_success();
+        assert!(b.allows_now(), "closed");
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.record_failure(now);
+        }
+        assert!(!b.allows_now(), "open: the backoff (1 s) has not passed");
+        b.record_success();
+        assert!(b.allows_now(), "a success closes it");
+        assert!(b.allows(now), "closed for every clock reading");
+        // The backoff was reset too: the next trip opens for the first period again.
+        for _ in 0..2 {
+            b.record_failure(now);
+        }
+        assert_eq!(
+            b.record_failure(now),
+            Tripped::Opened(Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::bindings::hook::exports::wasmail::plugin::hook as whook;
 use super::bindings::policy::exports::wasmail::plugin::access as waccess;
@@ -50,7 +49,7 @@ fn once<R>(
         plugin: None,
         kind: FailureKind::Instantiate(format!("plugin `{name}` is not loaded")),
     })?;
-    if !plugin.breaker.allows(Instant::now()) {
+    if !plugin.breaker.allows_now() {
         return Err(fail(&plugin, what, FailureKind::BreakerOpen));
     }
     let mut store = new_store(host.engine(), &plugin.meta, host.services().clone(), domain);
@@ -100,11 +99,14 @@ fn try_candidates(
 ) -> wasmtime::Result<(usize, LookupAnswer)> {
     let iface = inst.wasmail_plugin_lookup();
     let mut last = (0, LookupAnswer::NotFound);
+    // One key for every candidate: `original` is copied once and `folded` reuses its buffer.
+    let mut key = wlookup::Key {
+        folded: String::new(),
+        original: original.to_string(),
+    };
     for (i, folded) in candidates.iter().enumerate() {
-        let key = wlookup::Key {
-            folded: folded.clone(),
-            original: original.to_string(),
-        };
+        key.folded.clear();
+        key.folded.push_str(folded);
         let answer = iface.call_lookup(&mut *store, table, &key)?;
         if !matches!(answer, LookupAnswer::NotFound) {
             return Ok((i, answer));
@@ -191,11 +193,10 @@ impl TablePool {
             plugin: None,
             kind: FailureKind::Instantiate(format!("plugin `{name}` is not loaded")),
         })?;
-        if !plugin.breaker.allows(Instant::now()) {
+        if !plugin.breaker.allows_now() {
             return Err(fail(&plugin, "lookup", FailureKind::BreakerOpen));
         }
-        let key = (name.to_string(), domain.map(str::to_string));
-        let mut pooled = match self.pool.take(&plugin, &key) {
+        let mut pooled = match self.pool.take(&plugin, name, domain) {
             Some(p) => p,
             None => {
                 let Pre::Table(pre) = &plugin.pre else {
@@ -238,7 +239,7 @@ impl TablePool {
                 plugin.counters.calls.fetch_add(1, Ordering::Relaxed);
                 plugin.breaker.record_success();
                 pooled.uses += 1;
-                self.pool.give_back(key, pooled, self.max_uses);
+                self.pool.give_back(name, domain, pooled, self.max_uses);
                 Ok(r)
             }
             // The instance is dropped: never reused after a failure.

@@ -41,7 +41,7 @@ use super::breaker::FailureKind;
 use super::caps::message::assemble;
 use super::config::OnError;
 use super::plugin::{BodyMode, LoadedPlugin, Pre, new_store, refuel};
-use super::pool::{InstancePool, PoolKey, Pooled};
+use super::pool::{InstancePool, Pooled};
 use super::set::PluginHost;
 use super::state::{HostState, SharedMacros};
 use crate::milter_service::chain::{
@@ -67,9 +67,9 @@ pub type FilterPool = InstancePool<MilterFilter>;
 pub struct WasmFilter {
     host: Arc<PluginHost>,
     name: String,
+    /// The chain's domain (None = the global chain). With `name`, where a reusable
+    /// instance waits between transactions.
     domain: Option<String>,
-    /// Where a reusable instance waits between transactions: (name, domain).
-    pool_key: PoolKey,
     /// The version of the current transaction (or the newest, between transactions).
     plugin: Arc<LoadedPlugin>,
     live: Option<Live>,
@@ -250,7 +250,6 @@ impl WasmFilter {
             host,
             name: name.to_string(),
             domain: domain.map(str::to_string),
-            pool_key: (name.to_string(), domain.map(str::to_string)),
             plugin,
             live: None,
             failed: false,
@@ -308,7 +307,7 @@ impl WasmFilter {
         {
             self.plugin = newest;
         }
-        if !self.plugin.breaker.allows(Instant::now()) {
+        if !self.plugin.breaker.allows_now() {
             return Err(self.on_failure(stage, FailureKind::BreakerOpen));
         }
         let Pre::Milter(pre) = &self.plugin.pre else {
@@ -318,7 +317,9 @@ impl WasmFilter {
             ));
         };
         let reused = if self.plugin.instance_reuse > 1 {
-            self.host.filter_pool().take(&self.plugin, &self.pool_key)
+            self.host
+                .filter_pool()
+                .take(&self.plugin, &self.name, self.domain.as_deref())
         } else {
             None
         };
@@ -413,15 +414,15 @@ impl WasmFilter {
         stage: Stage,
         f: impl FnOnce(&MilterFilter, &mut Store<HostState>) -> wasmtime::Result<Answer>,
     ) -> Result<Answer, StageResult> {
-        let limits = self.plugin.meta.limits.clone();
-        let engine = self.host.engine().clone();
+        let limits = &self.plugin.meta.limits;
+        let (call_deadline, budget) = (limits.call_deadline, limits.transaction_budget);
         let live = self.live.as_mut().expect("instance is live");
-        let remaining = limits.transaction_budget.saturating_sub(live.spent);
+        let remaining = budget.saturating_sub(live.spent);
         if remaining.is_zero() {
             return Err(self.on_failure(stage, FailureKind::Timeout));
         }
         live.store
-            .set_epoch_deadline(engine.ticks(limits.call_deadline.min(remaining)));
+            .set_epoch_deadline(self.host.engine().ticks(call_deadline.min(remaining)));
         let started = Instant::now();
         let result = f(&live.bindings, &mut live.store);
         live.spent += started.elapsed();
@@ -703,7 +704,8 @@ impl StagePlugin for WasmFilter {
                 // instance (the next one gets its own at checkout).
                 store.data_mut().macros = None;
                 self.host.filter_pool().give_back(
-                    self.pool_key.clone(),
+                    &self.name,
+                    self.domain.as_deref(),
                     Pooled {
                         plugin: self.plugin.clone(),
                         store,
