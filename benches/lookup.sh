@@ -10,7 +10,9 @@
 #
 # Environment (defaults): DURATION=10 (seconds measured per case, after 1 s of warm-up),
 # ROUNDS=1 (with more, the cases run round after round, interleaved, and the table gives
-# each case's median: a drift of a shared machine then hits every case), CONNS="1 8",
+# each case's median, its share of the floor as the median of per-round shares with their
+# range, and in how many rounds each target was met: a drift of a shared machine then hits
+# every case, and one lucky or unlucky round cannot decide a verdict), CONNS="1 8",
 # DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin settings alike),
 # WORKERS=2 (runtime threads of the floor and of wasmail alike), WASMAIL
 # (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless
@@ -178,7 +180,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 echo
-[ "$ROUNDS" = 1 ] || echo "Medians of $ROUNDS interleaved rounds; ÷ floor compares medians."
+[ "$ROUNDS" = 1 ] || echo "Medians of $ROUNDS interleaved rounds; ÷ floor is the median of each round's case ÷ that round's floor."
 printf '%s\n' "${ROWS[@]}" | python3 -c '
 import statistics, sys
 rows = {}
@@ -186,14 +188,20 @@ for line in sys.stdin:
     label, c, rate, p50, p99, mx, cpu = line.rstrip("\n").split("|")
     rows.setdefault((label, c), []).append([float(x) for x in (rate, p50, p99, mx, cpu)])
 med = {k: [statistics.median(col) for col in zip(*v)] for k, v in rows.items()}
-print("| case | connections | lookups/s | p50 µs | p99 µs | max µs | server µs CPU/lookup | ÷ floor | targets |")
+# Each case against the floor of the same round (cases run back to back within a round, so
+# a slow spell of the shared machine hits both sides of a ratio): median, range, and how
+# many rounds met the 80% target.
+print("| case | connections | lookups/s | p50 µs | p99 µs | max µs | server µs CPU/lookup | ÷ floor, per round: median [min–max] | targets |")
 print("|---|---|---|---|---|---|---|---|---|")
 for (label, c), (rate, p50, p99, mx, cpu) in med.items():
-    floor = med[("floor", c)][0]
+    shares = [r[0] / f[0] for r, f in zip(rows[(label, c)], rows[("floor", c)])]
+    share = statistics.median(shares)
     verdict = "—"
     if label != "floor":
-        verdict = "≥ 80%: yes" if rate >= 0.8 * floor else "≥ 80%: **no**"
+        met = sum(x >= 0.8 for x in shares)
+        verdict = ("≥ 80%: yes" if share >= 0.8 else "≥ 80%: **no**") + f" ({met} of {len(shares)} rounds)"
         if label.startswith("plugin"):
-            verdict += "; p99 ≤ 100 µs: yes" if p99 <= 100 else "; p99 ≤ 100 µs: **no**"
-    print(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {cpu:.1f} | {100 * rate / floor:.1f}% | {verdict} |")
+            fast = sum(r[2] <= 100 for r in rows[(label, c)])
+            verdict += ("; p99 ≤ 100 µs: yes" if p99 <= 100 else "; p99 ≤ 100 µs: **no**") + f" ({fast} of {len(shares)})"
+    print(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {cpu:.1f} | {100 * share:.1f}% [{100 * min(shares):.0f}–{100 * max(shares):.0f}%] | {verdict} |")
 '

@@ -16,7 +16,9 @@
 #
 # The unix-socket rows run ROUNDS times, interleaved, and the summary gives each row's
 # median sessions/s, p99 and the milter process's CPU time per message (user + system,
-# from /proc; less sensitive to other tenants of a shared machine than throughput).
+# from /proc; less sensitive to other tenants of a shared machine than throughput), then
+# each every-stage wasmail row against each peer as the median of per-round ratios, their
+# range, and in how many rounds the targets (1.5× libmilter, 3× pymilter) held.
 #
 # Needs a release build and the plugins (scripts/setup.sh), gcc + libmilter-dev and
 # python3-milter. Everything runs on loopback and is stopped on exit.
@@ -146,6 +148,33 @@ print("|---|---|---|---|")
 for label, v in rows.items():
     med = [statistics.median(x[i] for x in v) for i in range(3)]
     print(f"| {label} | {med[0]:.0f} | {med[1]:.2f} | {med[2]:.0f} |")
+
+# Each wasmail row against each peer of the same round (rows run back to back within a
+# round, so a slow spell of the shared machine hits both sides of a ratio): the median of
+# the per-round ratios, their range, and in how many rounds the target was met.
+peers = [
+    ("libmilter, every stage", 1.5),
+    ("pymilter, every stage", 3.0),
+    ("libmilter, every stage, same wire", 1.5),
+    ("pymilter, every stage, same wire", 3.0),
+    ("floor: driver, no-op handler", None),
+]
+chains = [l for l in rows if l.startswith("wasmail") and "end-of-message" not in l and "eom" not in l]
+if all(p in rows for p, _ in peers):
+    print()
+    print("Per-round ratios, median [min–max] (rounds meeting the target):")
+    print()
+    print("| wasmail row | " + " | ".join(f"÷ {p}" for p, _ in peers) + " |")
+    print("|---|" + "---|" * len(peers))
+    for label in chains:
+        cells = []
+        for p, target in peers:
+            r = [a[0] / b[0] for a, b in zip(rows[label], rows[p])]
+            cell = f"{statistics.median(r):.2f}× [{min(r):.2f}–{max(r):.2f}]"
+            if target is not None:
+                cell += f" ({sum(x >= target for x in r)}/{len(r)} ≥ {target:g}×)"
+            cells.append(cell)
+        print(f"| {label} | " + " | ".join(cells) + " |")
 PY
 
 echo "== TCP (loopback; the generator uses Nagle like Postfix: --nagle)"
