@@ -51,6 +51,9 @@ DOMAINS=${DOMAINS:-20}
 MAILBOXES=${MAILBOXES:-10}
 WORKERS=${WORKERS:-2}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+# wasmail logs at its default level (info), as deployed; a RUST_LOG from the caller's shell
+# would change what is measured.
+export RUST_LOG=info
 if [ -z "${WASMAIL:-}" ]; then
   cargo build --release --bin wasmail
   WASMAIL=$ROOT/target/release/wasmail
@@ -143,8 +146,8 @@ for m in "${mailboxes[@]}"; do "$WASMAIL" mailbox -c "$T/registry.toml" add --no
 
 declare -A PID_OF
 start env WORKERS="$WORKERS" "$EXAMPLES/socketmap_floor" "$T/floor.sock"; PID_OF[$T/floor.sock]=$!
-RUST_LOG=warn start "$WASMAIL" serve -c "$T/registry.toml"; PID_OF[$T/wm.sock]=$!
-RUST_LOG=warn start "$WASMAIL" serve -c "$T/plugin.toml"; PID_OF[$T/vm.sock]=$!
+start "$WASMAIL" serve -c "$T/registry.toml"; PID_OF[$T/wm.sock]=$!
+start "$WASMAIL" serve -c "$T/plugin.toml"; PID_OF[$T/vm.sock]=$!
 for s in floor wm vm; do wait_for "$T/$s.sock"; done
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)

@@ -33,6 +33,9 @@ WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 LOADGEN=${LOADGEN:-$ROOT/target/release/examples/loadgen}
 NOOP=${NOOP:-$ROOT/target/release/examples/noop_server}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+# wasmail logs at its default level (info), as deployed; a RUST_LOG from the caller's shell
+# would change what is measured.
+export RUST_LOG=info
 [ -x "$LOADGEN" ] && [ -x "$NOOP" ] ||
   cargo build --release -p wasmail-milter --features tokio --example loadgen --example noop_server
 T=$(mktemp -d /tmp/wasmail-chain.XXXXXX)

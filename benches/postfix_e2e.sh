@@ -35,6 +35,9 @@ L=${3:-4096}
 ROUNDS=${ROUNDS:-3}
 WASMAIL=${WASMAIL:-$ROOT/target/release/wasmail}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
+# wasmail logs at its default level (info), as deployed; a RUST_LOG from the caller's shell
+# would change what is measured.
+export RUST_LOG=info
 if [ -z "${EXAMPLES:-}" ]; then
   cargo build --release -p wasmail-milter --features tokio --example noop_server
   EXAMPLES=$ROOT/target/release/examples
