@@ -33,6 +33,8 @@
 #                           for the whole server, hence a second wasmail instance; search
 #                           address), directory in its settings, the same +ext keys as the
 #                           registry case: one instance, two plugin calls per lookup.
+# - plugin virtual-mailbox, exact: the same binding with the plain keys (`user3@d07...`),
+#                           found at the first candidate: one plugin call per lookup.
 #
 # Each case also reports the server's CPU time per lookup (user + system, all threads, from
 # /proc, over the measured seconds): steadier than lookups/s on a shared machine, and at 8
@@ -179,6 +181,7 @@ for r in $(seq "$ROUNDS"); do
     run "registry, exact"         "$c" "$T/wm.sock"    virtual_mailbox_maps "$(join "${keys_plain[@]}")"
     run "plugin table-rules"      "$c" "$T/wm.sock"    rules                "$(join "${keys_plain[@]}")"
     run "plugin virtual-mailbox"  "$c" "$T/vm.sock"    virtual_mailbox_maps "$(join "${keys_ext[@]}")"
+    run "plugin virtual-mailbox, exact" "$c" "$T/vm.sock" virtual_mailbox_maps "$(join "${keys_plain[@]}")"
   done
 done
 
