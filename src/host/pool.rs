@@ -58,8 +58,8 @@ struct Idle<B> {
     count: usize,
 }
 
-/// Drops the domains whose lists are empty once there are more than twice `max_idle` (at
-/// least 64) of them. A taken instance leaves its (now empty) list in place, so the next
+/// Drops the domains whose lists are empty once there are at least twice `max_idle` (and
+/// at least 64) of them. A taken instance leaves its (now empty) list in place, so the next
 /// give-back under that domain allocates nothing; but lookups carry domains from mail (a
 /// sender login check sees any MAIL FROM domain), and without this a stream of new ones
 /// would grow the map without bound. At most `max_idle` lists hold an instance, so a prune
