@@ -62,6 +62,7 @@ impl Directory {
         }
     }
 
+    /// Answers one lookup.
     fn lookup(&self, table: &str, key: &str) -> Answer {
         if key.is_empty() || key.chars().any(char::is_whitespace) {
             return Answer::perm(format!("invalid lookup key {key:?}"));
@@ -83,6 +84,8 @@ impl Directory {
     }
 }
 
+/// The maildir path of an address relative to the virtual mailbox base: `<domain>/<local>/`,
+/// or None when the local part or domain would make an unsafe path.
 fn maildir(address: &str) -> Option<String> {
     let domain = addr::domain(address)?;
     let local = addr::local_part(address);
