@@ -14,7 +14,9 @@
 # range, and in how many rounds each target was met: a drift of a shared machine then hits
 # every case, and one lucky or unlucky round cannot decide a verdict), CONNS="1 8",
 # DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin settings alike),
-# WORKERS=2 (runtime threads of the floor and of wasmail alike), WASMAIL
+# WORKERS=2 (runtime threads of the floor and of wasmail alike), LOOPS=nproc (event loops of
+# the floor and of wasmail alike, `[server] event_loops`; 0: connections run on the
+# runtime threads), WASMAIL
 # (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless
 # given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if missing). Unix
 # sockets only; everything started is stopped on exit.
@@ -52,6 +54,7 @@ CONNS=${CONNS:-"1 8"}
 DOMAINS=${DOMAINS:-20}
 MAILBOXES=${MAILBOXES:-10}
 WORKERS=${WORKERS:-2}
+LOOPS=${LOOPS:-$(nproc)}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
 # wasmail logs at its default level (info), as deployed; a RUST_LOG from the caller's shell
 # would change what is measured.
@@ -104,6 +107,7 @@ common() { # REGISTRY-DB SOCKET
   cat <<EOC
 [server]
 worker_threads = $WORKERS
+event_loops = $LOOPS
 [registry]
 path = "$1"
 refresh = "10s"
@@ -147,13 +151,13 @@ for d in "${domains[@]}"; do "$WASMAIL" domain -c "$T/registry.toml" add "$d" >/
 for m in "${mailboxes[@]}"; do "$WASMAIL" mailbox -c "$T/registry.toml" add --no-password "$m" >/dev/null; done
 
 declare -A PID_OF
-start env WORKERS="$WORKERS" "$EXAMPLES/socketmap_floor" "$T/floor.sock"; PID_OF[$T/floor.sock]=$!
+start env WORKERS="$WORKERS" LOOPS="$LOOPS" "$EXAMPLES/socketmap_floor" "$T/floor.sock"; PID_OF[$T/floor.sock]=$!
 start "$WASMAIL" serve -c "$T/registry.toml"; PID_OF[$T/wm.sock]=$!
 start "$WASMAIL" serve -c "$T/plugin.toml"; PID_OF[$T/vm.sock]=$!
 for s in floor wm vm; do wait_for "$T/$s.sock"; done
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-echo "$(date -u +%F) $(nproc) cores ($cpu), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); runtime workers $WORKERS (floor and wasmail)"
+echo "$(date -u +%F) $(nproc) cores ($cpu), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); runtime workers $WORKERS, event loops $LOOPS (floor and wasmail alike)"
 echo "DURATION=$DURATION s per case after 1 s warm-up; ${#domains[@]} domains, ${#mailboxes[@]} mailboxes; ${#keys_plain[@]} keys cycled"
 
 ROWS=()

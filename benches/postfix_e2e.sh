@@ -19,7 +19,8 @@
 #              before any plugin runs
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
 #   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
-#   wasmail-reuse-1w  that with `[server] worker_threads = 1`
+#   wasmail-reuse-1w  that with one event loop (`[server] event_loops = 1`); wasmail and
+#              the floor otherwise run one event loop per core (the default)
 # Each row also gets the CPU time per message of the Postfix instance plus that row's
 # milter (cgroup CPU accounting; smtp-source and smtp-sink are not counted). On a machine
 # where Postfix is CPU-bound, baseline CPU ÷ row CPU estimates the throughput share without
@@ -158,7 +159,7 @@ if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   PIDS+=($!); disown $!
   cg_run wasmail-reuse "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
   PIDS+=($!); disown $!
-  { printf '[server]\nworker_threads = 1\n'; sed "s#milter-reuse.sock#milter-reuse-1w.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-1w.toml"
+  { printf '[server]\nevent_loops = 1\n'; sed "s#milter-reuse.sock#milter-reuse-1w.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-1w.toml"
   cg_run wasmail-reuse-1w "$WASMAIL" serve --config "$T/wasmail-reuse-1w.toml" 2>"$T/wasmail-reuse-1w.log" &
   PIDS+=($!); disown $!
   ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock"

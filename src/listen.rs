@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, warn};
-use wasmail_milter::net::{Listener, SocketSpec, Stream};
+use wasmail_milter::net::{EventLoops, Listener, SocketSpec, Stream};
 
 use crate::config::Validator;
 
@@ -68,7 +68,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, String)> {
             let (s, a) = l.accept().await?;
             Ok((Stream::tcp(s, false)?, a.to_string()))
         }
-        Listener::Unix(l, p) => {
+        Listener::Unix(l, p) | Listener::UnixShared(l, p) => {
             let (s, _) = l.accept().await?;
             Ok((Stream::Unix(s), p.display().to_string()))
         }
@@ -87,12 +87,29 @@ pub async fn flipped(shutdown: &mut watch::Receiver<bool>) {
 /// Accepts on `listener` until `shutdown`, at most `limit` connections at once across
 /// every listener sharing the semaphore; `handle(stream, peer, shutdown)` serves one
 /// connection (it should return at its next request boundary once shutdown flips). Waits
-/// for the connections to end before returning.
+/// for the connections to end before returning. Connections run on this runtime.
 pub async fn serve<F, Fut>(
     service: &'static str,
     listener: Listener,
     limit: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Stream, String, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve_on(service, listener, limit, shutdown, None, handle).await
+}
+
+/// [`serve`], with every one of `loops` (when given) accepting on the listener and running
+/// the connections it accepted.
+pub async fn serve_on<F, Fut>(
+    service: &'static str,
+    listener: Listener,
+    limit: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    loops: Option<EventLoops>,
     handle: F,
 ) -> anyhow::Result<()>
 where
@@ -100,6 +117,34 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
+    match loops {
+        None => accept_loop(service, listener, limit, shutdown, handle).await,
+        Some(loops) => loops
+            .run_accept_loops(listener, move |listener| {
+                let (limit, shutdown, handle) = (limit.clone(), shutdown.clone(), handle.clone());
+                async move {
+                    accept_loop(service, listener, limit, shutdown, handle)
+                        .await
+                        .map_err(std::io::Error::other)
+                }
+            })
+            .await
+            .with_context(|| format!("{service} accept loops")),
+    }
+}
+
+/// One runtime's accept loop; its connections run on this runtime.
+async fn accept_loop<F, Fut>(
+    service: &'static str,
+    listener: Listener,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    handle: Arc<F>,
+) -> anyhow::Result<()>
+where
+    F: Fn(Stream, String, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}

@@ -27,6 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
+use wasmail_milter::net::EventLoops;
 
 use std::collections::HashMap;
 
@@ -60,6 +61,9 @@ pub struct Shared {
     pub router: Router,
     /// The relay's TLS, when `[cluster.tls]` is configured.
     pub relay_tls: Option<RelayTls>,
+    /// The event loops the milter, lookup and policy connections run on (`[server]
+    /// event_loops`); `None` runs them on the runtime's workers.
+    pub event_loops: Option<EventLoops>,
 }
 
 /// How often orphans reparented to `serve` (the child subreaper) are collected.
@@ -76,10 +80,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// The event loops for the milter, lookup and policy connections (`[server]
+/// event_loops`), when one of those services is configured.
+fn start_event_loops(config: &Config) -> anyhow::Result<Option<EventLoops>> {
+    if config.milter.is_none() && config.lookup.is_none() && config.policy.is_none() {
+        return Ok(None);
+    }
+    let n = match config.server.event_loops {
+        Some(0) => return Ok(None),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let loops = EventLoops::start(n, "wasmail-loop").context("starting the event loops")?;
+    Ok(Some(loops))
+}
+
 /// Starts the services of `config` and waits for a signal or a service failure.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace;
     let config = std::sync::Arc::new(config);
+    let event_loops = start_event_loops(&config)?;
     let plugins = start_plugins(&config).await?;
     let _watch = match &plugins {
         Some(host) if config.plugins.watch => Some(host.watch()?),
@@ -120,6 +140,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         fastcontainer: manager,
         cluster,
         relay_tls,
+        event_loops,
     };
     let mut services: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let built = match build_services(&shared, shutdown_rx.clone()).await {
@@ -140,6 +161,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         services = ?shared.config.services(),
         version = env!("CARGO_PKG_VERSION"),
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        event_loops = shared.event_loops.as_ref().map_or(0, EventLoops::len),
         "wasmail serving"
     );
 
@@ -333,6 +355,7 @@ async fn build_services(
             milter,
             shared.plugins.clone(),
             shared.registry.clone(),
+            shared.event_loops.clone(),
             shutdown.clone(),
         )
         .await
@@ -344,9 +367,14 @@ async fn build_services(
             crate::lookup::Tables::new(&lookup, shared.registry.clone(), shared.plugins.clone())
                 .context("[lookup] tables")?
                 .with_cluster(shared.cluster.clone());
-        let service = crate::lookup::service::start(lookup, tables, shutdown.clone())
-            .await
-            .context("starting the lookup service")?;
+        let service = crate::lookup::service::start(
+            lookup,
+            tables,
+            shared.event_loops.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the lookup service")?;
         services.push(("lookup", service));
     }
     if let Some(policy) = shared.config.policy.clone() {
@@ -354,6 +382,7 @@ async fn build_services(
             policy,
             shared.registry.clone(),
             shared.plugins.clone(),
+            shared.event_loops.clone(),
             shutdown.clone(),
         )
         .await

@@ -13,11 +13,17 @@
 //!   to headers, end of headers and body chunks (the same packets on the wire).
 //! - `hdr`: end of message adds one header, like the benchmark plugins and the libmilter
 //!   peer's `hdr`.
+//!
+//! Runtime shape as wasmail's default: one event loop per CPU core (`LOOPS=N` in the
+//! environment to match `[server] event_loops`; `LOOPS=0` runs the sessions on the
+//! multi-thread runtime's workers).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use wasmail_milter::net::{Listener, MilterFactory, Peer, ServerConfig, SocketSpec, serve};
+use wasmail_milter::net::{
+    EventLoops, Listener, MilterFactory, Peer, ServerConfig, SocketSpec, serve,
+};
 use wasmail_milter::{
     Action, Actions, Context, Milter, Modification, Needs, OptNeg, Stage, StageSet,
 };
@@ -87,13 +93,18 @@ async fn main() -> std::io::Result<()> {
             }
         }
     }
+    let loops = match std::env::var("LOOPS").ok().and_then(|n| n.parse().ok()) {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let config = ServerConfig {
+        event_loops: loops
+            .map(|n| EventLoops::start(n, "noop-loop"))
+            .transpose()?,
+        ..ServerConfig::default()
+    };
     let listener = Listener::bind(&spec, Some(0o666)).await?;
     let (_stop, rx) = tokio::sync::watch::channel(false);
-    serve(
-        listener,
-        Arc::new(Factory(noop)),
-        ServerConfig::default(),
-        rx,
-    )
-    .await
+    serve(listener, Arc::new(Factory(noop)), config, rx).await
 }

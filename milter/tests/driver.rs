@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use wasmail_milter::net::{
-    Listener, MilterClient, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats,
-    SocketSpec, Transport, run_session, serve,
+    EventLoops, Listener, MilterClient, MilterFactory, Peer, Report, ServerConfig, SessionError,
+    SessionStats, SocketSpec, Transport, run_session, serve,
 };
 use wasmail_milter::{
     Action, Actions, Command, Context, Envelope, Milter, Modification, Needs, OptNeg, Response,
@@ -752,4 +752,69 @@ async fn reject_at_mail_then_next_message_works() {
     assert_eq!(message(&mut c, b"ok\r\n").await.action, Action::Continue);
     let r = message(&mut c, b"ok\r\n").await;
     assert!(r.modifications.iter().any(|m| matches!(m, Modification::AddHeader { name, value } if &name[..] == b"X-Queue-Id" && &value[..] == b"4ABC")));
+}
+
+#[tokio::test]
+async fn event_loops_serve_sessions_limit_them_and_drain_at_shutdown() {
+    let config = ServerConfig {
+        max_connections: 3,
+        event_loops: Some(EventLoops::start(2, "driver-loop").unwrap()),
+        ..ServerConfig::default()
+    };
+    let server = start_with(Factory::new(), config, true).await;
+    // Three sessions at once, each with a message, served on the loops.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = session(&server).await;
+        let r = message(&mut c, b"on a loop\r\n").await;
+        assert_eq!(r.action, Action::Continue);
+        c.abort().await.unwrap();
+        open.push(c);
+    }
+    // The limit holds across loops: a fourth waits until one closes.
+    let mut fourth = MilterClient::connect(&server.spec).await.unwrap();
+    let pending = tokio::time::timeout(Duration::from_millis(300), fourth.negotiate()).await;
+    assert!(
+        pending.is_err(),
+        "fourth connection must wait while three are open"
+    );
+    open.pop().unwrap().quit().await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read_response()).await;
+    assert!(matches!(
+        n.expect("served once a slot frees").unwrap(),
+        Some(Response::Negotiate(_))
+    ));
+    drop(fourth);
+    // A handler panic on a loop ends only its session.
+    open.pop().unwrap().quit().await.unwrap();
+    let mut p = MilterClient::connect(&server.spec).await.unwrap();
+    p.negotiate().await.unwrap();
+    p.connect_inet("h", "192.0.2.1", 1).await.unwrap();
+    assert!(p.helo("panic").await.is_err());
+    let ended = server.factory.wait_ended(4).await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.contains("handler panicked: boom at helo")),
+        "{ended:?}"
+    );
+    // Shutdown: the message in flight finishes, then every loop stops accepting and the
+    // socket file goes.
+    let mut c = open.pop().unwrap();
+    c.mail("<a@x>", &[]).await.unwrap();
+    server.stop.send(true).unwrap();
+    c.rcpt("<b@y>", &[]).await.unwrap();
+    c.header("Subject", "in flight").await.unwrap();
+    c.body(b"still going\r\n").await.unwrap();
+    assert_eq!(c.eom().await.unwrap().action, Action::Continue);
+    c.expect_closed().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let SocketSpec::Unix(path) = &server.spec else {
+        panic!()
+    };
+    assert!(!path.exists(), "socket file removed");
 }

@@ -9,10 +9,12 @@
 //! ```
 //!
 //! `VALUE` defaults to `example.com/alice/` (the size of a `virtual_mailbox_maps` answer).
-//! Runs until killed. Same shape as the responder: a multi-thread tokio runtime with 2
-//! workers (`WORKERS=N` in the environment to match `[server] worker_threads`), one task
-//! per connection, each pass decodes every complete request already
-//! buffered and answers them with one write (pipelining-safe).
+//! Runs until killed. Same shape as the responder: with `LOOPS=N` in the environment (to
+//! match `[server] event_loops`), N threads with a single-threaded tokio runtime each, all
+//! accepting on the socket and serving the connections they accepted; with `LOOPS=0` (the
+//! default), a multi-thread tokio runtime with 2 workers (`WORKERS=N` to match `[server]
+//! worker_threads`). One task per connection; each pass decodes every complete request
+//! already buffered and answers them with one write (pipelining-safe).
 
 use std::path::PathBuf;
 
@@ -37,17 +39,40 @@ fn main() -> std::io::Result<()> {
         .and_then(|w| w.parse().ok())
         .filter(|&w: &usize| w > 0)
         .unwrap_or(2);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_io()
-        .build()?
-        .block_on(serve(path, reply))
+    let loops = std::env::var("LOOPS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0usize);
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
+    eprintln!("socketmap_floor listening on {}", path.display());
+    if loops == 0 {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_io()
+            .build()?
+            .block_on(async { serve(UnixListener::from_std(listener)?, reply).await });
+    }
+    let threads: Vec<_> = (0..loops)
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            let reply = reply.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            Ok(std::thread::spawn(move || {
+                runtime.block_on(async { serve(UnixListener::from_std(listener)?, reply).await })
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    for t in threads {
+        t.join().expect("a floor loop panicked")?;
+    }
+    Ok(())
 }
 
-async fn serve(path: PathBuf, reply: Reply) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    eprintln!("socketmap_floor listening on {}", path.display());
+async fn serve(listener: UnixListener, reply: Reply) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let reply = reply.clone();

@@ -872,6 +872,7 @@ mod tests {
             fastcontainer: manager,
             cluster: None,
             relay_tls: None,
+            event_loops: None,
         };
         let token = token.then(|| Secret::new(TOKEN.into()));
         Api {

@@ -95,6 +95,11 @@ pub struct ServerSection {
     /// the cross-thread wake-ups of a mostly idle server (see `docs/postfix.md`,
     /// Throughput).
     pub worker_threads: usize,
+    /// Single-threaded event loops that the milter, lookup and policy connections are
+    /// spread over (each connection stays on one loop thread, so its events need no
+    /// hand-off between runtime threads). Default (unset): one per CPU
+    /// core; 0 runs those connections on the runtime's worker threads too.
+    pub event_loops: Option<usize>,
     /// Default tracing filter when `RUST_LOG` is unset, e.g. `"info,wasmail::host=debug"`.
     /// Default `"info"`.
     pub log_filter: String,
@@ -105,6 +110,7 @@ impl Default for ServerSection {
         ServerSection {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
+            event_loops: None,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
         }
@@ -257,6 +263,12 @@ impl Config {
             v.error(
                 "server.worker_threads",
                 "must be at most 1024 (0 = one per CPU core)",
+            );
+        }
+        if self.server.event_loops.is_some_and(|n| n > 1024) {
+            v.error(
+                "server.event_loops",
+                "must be at most 1024 (0 = none: connections run on the worker threads)",
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log_filter) {
@@ -429,6 +441,24 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].key, "server.worker_threads");
         assert_eq!(d[0].line, 2, "{:?}", d[0]);
+    }
+
+    #[test]
+    fn event_loops_default_to_one_per_core_zero_turns_them_off_and_are_bounded() {
+        assert_eq!(load("").unwrap().server.event_loops, None);
+        assert_eq!(
+            load("[server]\nevent_loops = 0\n")
+                .unwrap()
+                .server
+                .event_loops,
+            Some(0)
+        );
+        let d = diags("[server]\nevent_loops = 2000\n");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].key, "server.event_loops");
+        assert_eq!(d[0].line, 2, "{:?}", d[0]);
+        let d = diags("[server]\nevent_loops = \"many\"\n");
+        assert_eq!(d[0].key, "server.event_loops", "{d:?}");
     }
 
     #[test]

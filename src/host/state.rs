@@ -392,11 +392,20 @@ impl wit::auth::Host for HostState {
         };
         // Chains with `auth` run on blocking threads (`[milter] plugin_threads = "auto"`),
         // where blocking on the DNS work is allowed. If an operator forced "inline", we are
-        // on a runtime worker: hand the worker's other tasks off first.
-        let out = if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::task::block_in_place(|| runtime.block_on(auth.check(&input)))
-        } else {
-            runtime.block_on(auth.check(&input))
+        // on a runtime thread: on a worker of the multi-threaded runtime, hand the worker's
+        // other tasks off first; on an event loop (single-threaded, where that is not
+        // possible), wait for the check on a scoped thread.
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let out = match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => runtime.block_on(auth.check(&input)),
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| runtime.block_on(auth.check(&input)))
+            }
+            Ok(_) => std::thread::scope(|s| {
+                s.spawn(|| runtime.block_on(auth.check(&input)))
+                    .join()
+                    .map_err(|_| wasmtime::Error::msg("the auth check thread panicked"))
+            })?,
         };
         Ok(report(out))
     }

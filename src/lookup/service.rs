@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
+use wasmail_milter::net::EventLoops;
 use wasmail_postfix::{socketmap, tcp};
 
 use super::config::LookupSection;
@@ -27,6 +28,7 @@ use crate::serve::ServiceFuture;
 pub async fn start(
     section: LookupSection,
     tables: Tables,
+    loops: Option<EventLoops>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<ServiceFuture> {
     let tables = Arc::new(tables);
@@ -39,11 +41,12 @@ pub async fn start(
         info!(listen = %listen::local(&l), tables = ?tables.names(), "socketmap listening");
         let t = tables.clone();
         let max = section.max_request;
-        runs.push(Box::pin(listen::serve(
+        runs.push(Box::pin(listen::serve_on(
             "socketmap",
             l,
             limit.clone(),
             shutdown.clone(),
+            loops.clone(),
             move |stream, peer, shutdown| {
                 let t = t.clone();
                 async move { socketmap_conn(stream, &peer, &t, max, idle, shutdown).await }
@@ -58,11 +61,12 @@ pub async fn start(
         info!(listen = %listen::local(&l), table, "tcp_table listening");
         let t = tables.clone();
         let table: Arc<str> = table.as_str().into();
-        runs.push(Box::pin(listen::serve(
+        runs.push(Box::pin(listen::serve_on(
             "tcp_table",
             l,
             limit.clone(),
             shutdown.clone(),
+            loops.clone(),
             move |stream, peer, shutdown| {
                 let t = t.clone();
                 let table = table.clone();

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use wasmail_milter::net::{
-    Listener, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats, SocketSpec,
-    serve,
+    EventLoops, Listener, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats,
+    SocketSpec, serve,
 };
 use wasmail_milter::{
     Action, Actions, Connect, Context, Envelope, MacroStage, Milter, Modification, Needs, OptNeg,
@@ -571,6 +571,7 @@ pub async fn start(
     section: MilterSection,
     host: Option<Arc<PluginHost>>,
     registry: Option<Arc<Live>>,
+    loops: Option<EventLoops>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<crate::serve::ServiceFuture> {
     let configured: BTreeMap<String, Vec<String>> = section
@@ -692,6 +693,7 @@ pub async fn start(
         content_timeout: section.content_deadline,
         progress_interval: section.progress_interval,
         quickack: true,
+        event_loops: loops,
     };
     Ok(Box::pin(async move {
         serve(

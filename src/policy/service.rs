@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
+use wasmail_milter::net::EventLoops;
 use wasmail_postfix::policy;
 
 use super::config::PolicySection;
@@ -105,6 +106,7 @@ pub async fn start(
     section: PolicySection,
     registry: Option<Arc<Live>>,
     plugins: Option<Arc<PluginHost>>,
+    loops: Option<EventLoops>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<ServiceFuture> {
     let listener = listen::bind(
@@ -117,11 +119,12 @@ pub async fn start(
     let limit = Arc::new(Semaphore::new(section.max_connections));
     let idle = section.idle_timeout;
     let policy = Arc::new(Policy::new(&section, registry, plugins));
-    Ok(Box::pin(listen::serve(
+    Ok(Box::pin(listen::serve_on(
         "policy",
         listener,
         limit,
         shutdown,
+        loops,
         move |stream, peer, shutdown| {
             let policy = policy.clone();
             async move { connection(stream, &peer, &policy, idle, shutdown).await }

@@ -592,6 +592,36 @@ fn auth_check_passes_aligned_spf_and_adds_authentication_results() {
     assert_eq!(failures(&f.host, "auth-check"), 0);
 }
 
+/// A chain with `auth` forced inline (`[milter] plugin_threads = "inline"`) runs on a
+/// connection's thread: an event loop (single-threaded runtime, where the DNS wait moves
+/// to a scoped thread) or a worker of the multi-threaded runtime (`block_in_place`).
+#[test]
+fn auth_check_runs_inline_on_an_event_loop_and_on_a_runtime_worker() {
+    let f = auth_check(example_org("reject"));
+    let events = || eml_events("192.0.2.10", "alice@example.org", "bob@example.com", PLAIN);
+    let event_loop = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_loop = event_loop.block_on(async { deliver(&f.host, &["auth-check"], events()) });
+    let host = f.host.clone();
+    let on_worker = worker
+        .block_on(worker.spawn(async move { deliver(&host, &["auth-check"], events()) }))
+        .unwrap();
+    for out in [on_loop, on_worker] {
+        let o = eom(&out);
+        assert_eq!(o.verdict, Verdict::Continue, "{o:?}");
+        let ar = header_edit(o, "Authentication-Results").expect("Authentication-Results edit");
+        assert!(ar.contains("spf=pass") && ar.contains("dmarc=pass"), "{ar}");
+    }
+    assert_eq!(failures(&f.host, "auth-check"), 0);
+}
+
 #[test]
 fn auth_check_rejects_on_dmarc_reject() {
     let f = auth_check(example_org("reject"));

@@ -3,10 +3,12 @@
 
 mod addr;
 mod client;
+mod loops;
 mod server;
 
 pub use addr::{AddrError, SocketSpec};
 pub use client::{ClientError, MilterClient};
+pub use loops::{EventLoops, SharedListener};
 pub use server::{
     Listener, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats, Stream,
     Transport, run_session, serve,

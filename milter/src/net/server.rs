@@ -16,6 +16,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use super::addr::SocketSpec;
+use super::loops::EventLoops;
 use crate::command::Command;
 use crate::flags::{DEFAULT_MAX_FRAME, Stage};
 use crate::frame::{FrameError, decode_frame};
@@ -57,6 +59,9 @@ pub struct ServerConfig {
     /// Re-arm `TCP_QUICKACK` before reads on TCP (Linux). When off, the server does not ask
     /// for `SMFIP_NODATA` over TCP.
     pub quickack: bool,
+    /// Event loops to run the sessions on (each connection on the least busy one); `None`
+    /// runs them on the runtime that calls [`serve`] (default).
+    pub event_loops: Option<EventLoops>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             content_timeout: Duration::from_secs(240),
             progress_interval: Duration::from_secs(10),
             quickack: true,
+            event_loops: None,
         }
     }
 }
@@ -270,6 +276,9 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A unix socket; the file is removed when the listener is dropped.
     Unix(UnixListener, PathBuf),
+    /// One runtime's listener on a unix socket shared by several
+    /// ([`super::SharedListener`], which owns the file).
+    UnixShared(UnixListener, PathBuf),
 }
 
 impl Listener {
@@ -326,7 +335,7 @@ impl Listener {
                     port: a.port(),
                 })
             }
-            Listener::Unix(_, p) => Ok(SocketSpec::Unix(p.clone())),
+            Listener::Unix(_, p) | Listener::UnixShared(_, p) => Ok(SocketSpec::Unix(p.clone())),
         }
     }
 
@@ -336,7 +345,7 @@ impl Listener {
                 let (s, a) = l.accept().await?;
                 Ok((Stream::tcp(s, quickack)?, a.to_string()))
             }
-            Listener::Unix(l, p) => {
+            Listener::Unix(l, p) | Listener::UnixShared(l, p) => {
                 let (s, _) = l.accept().await?;
                 Ok((Stream::Unix(s), p.display().to_string()))
             }
@@ -346,7 +355,10 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
+        // An empty path: the file was handed to a `SharedListener`.
+        if let Listener::Unix(_, p) = self
+            && !p.as_os_str().is_empty()
+        {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -362,16 +374,46 @@ async fn flipped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Accepts connections until `shutdown` turns true, then waits for the sessions to end
 /// (each closes at its next point between messages). Cancel the future to cut them off.
+/// With [`ServerConfig::event_loops`], every loop accepts on the listener and runs the
+/// sessions it accepted.
 pub async fn serve<F: MilterFactory>(
     listener: Listener,
     factory: Arc<F>,
     config: ServerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let config = Arc::new(config);
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let next_id = Arc::new(AtomicU64::new(0));
+    match config.event_loops.clone() {
+        None => accept_loop(listener, factory, config, limit, next_id, shutdown).await,
+        Some(loops) => {
+            loops
+                .run_accept_loops(listener, move |listener| {
+                    accept_loop(
+                        listener,
+                        factory.clone(),
+                        config.clone(),
+                        limit.clone(),
+                        next_id.clone(),
+                        shutdown.clone(),
+                    )
+                })
+                .await
+        }
+    }
+}
+
+/// One runtime's accept loop; its sessions run on this runtime.
+async fn accept_loop<F: MilterFactory>(
+    listener: Listener,
+    factory: Arc<F>,
+    config: Arc<ServerConfig>,
+    limit: Arc<Semaphore>,
+    next_id: Arc<AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
     let mut tasks = JoinSet::new();
-    let mut next_id = 0u64;
     loop {
         while tasks.try_join_next().is_some() {}
         if limit.available_permits() == 0 {
@@ -406,48 +448,60 @@ pub async fn serve<F: MilterFactory>(
                 continue;
             }
         };
-        next_id += 1;
-        let peer = Peer { addr, id: next_id };
+        let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let peer = Peer { addr, id };
         let factory = factory.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let mut milter = factory.new_milter(&peer);
-            let inner_peer = peer.clone();
-            let inner_factory = factory.clone();
-            let inner = tokio::spawn(async move {
-                let mut shutdown = shutdown;
-                let report = |r: Report<'_>| inner_factory.report(&inner_peer, r);
-                run_session(
-                    stream,
-                    &inner_peer,
-                    &mut milter,
-                    &config,
-                    &mut shutdown,
-                    &report,
-                )
-                .await
-            });
-            let result = match inner.await {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => {
-                    let p = e.into_panic();
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
-                    Err(SessionError::Panicked(msg))
-                }
-                Err(_) => return,
-            };
-            factory.session_ended(&peer, &result);
+            session(stream, peer, factory, config, shutdown).await;
         });
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One connection, start to end: a handler from the factory, the session driver (a panic
+/// in the handler ends this session only) and the end-of-session report.
+async fn session<F: MilterFactory>(
+    stream: Stream,
+    peer: Peer,
+    factory: Arc<F>,
+    config: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut milter = factory.new_milter(&peer);
+    let inner_peer = peer.clone();
+    let inner_factory = factory.clone();
+    let inner = tokio::spawn(async move {
+        let mut shutdown = shutdown;
+        let report = |r: Report<'_>| inner_factory.report(&inner_peer, r);
+        run_session(
+            stream,
+            &inner_peer,
+            &mut milter,
+            &config,
+            &mut shutdown,
+            &report,
+        )
+        .await
+    });
+    let result = match inner.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(SessionError::Panicked(msg))
+        }
+        Err(_) => return,
+    };
+    factory.session_ended(&peer, &result);
 }
 
 const NO_AGREEMENT: Agreement = Agreement {
