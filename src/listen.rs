@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, warn};
-use wasmail_milter::net::{EventLoops, Listener, SocketSpec, Stream};
+use wasmail_milter::net::{EventLoops, Listener, Place, Placement, SocketSpec, Stream};
 
 use crate::config::Validator;
 
@@ -118,12 +118,12 @@ where
 {
     let handle = Arc::new(handle);
     match loops {
-        None => accept_loop(service, listener, limit, shutdown, handle).await,
+        None => accept_loop(service, listener, None, limit, shutdown, handle).await,
         Some(loops) => loops
-            .run_accept_loops(listener, move |listener| {
+            .run_accept_loops(listener, move |listener, placement| {
                 let (limit, shutdown, handle) = (limit.clone(), shutdown.clone(), handle.clone());
                 async move {
-                    accept_loop(service, listener, limit, shutdown, handle)
+                    accept_loop(service, listener, Some(placement), limit, shutdown, handle)
                         .await
                         .map_err(std::io::Error::other)
                 }
@@ -133,10 +133,12 @@ where
     }
 }
 
-/// One runtime's accept loop; its connections run on this runtime.
+/// One runtime's accept loop; its connections run on this runtime, or on the event loop
+/// `placement` picks.
 async fn accept_loop<F, Fut>(
     service: &'static str,
     listener: Listener,
+    placement: Option<Placement>,
     limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
     handle: Arc<F>,
@@ -172,13 +174,48 @@ where
         let handle = handle.clone();
         let span = tracing::info_span!("conn", service, peer = %peer);
         let shutdown = shutdown.clone();
-        tasks.spawn(
-            async move {
-                let _permit = permit;
-                handle(stream, peer, shutdown).await;
+        match placement.as_ref().map(Placement::place) {
+            None => {
+                tasks.spawn(
+                    async move {
+                        let _permit = permit;
+                        handle(stream, peer, shutdown).await;
+                    }
+                    .instrument(span),
+                );
             }
-            .instrument(span),
-        );
+            Some(Place::Here(load)) => {
+                tasks.spawn(
+                    async move {
+                        let _permit = permit;
+                        let _load = load;
+                        handle(stream, peer, shutdown).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Some(Place::There(on, load)) => {
+                let detached = match stream.detach() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(service, peer, error = %e, "could not move the connection to another event loop");
+                        continue;
+                    }
+                };
+                tasks.spawn_on(
+                    async move {
+                        let _permit = permit;
+                        let _load = load;
+                        match detached.attach() {
+                            Ok(stream) => handle(stream, peer, shutdown).await,
+                            Err(e) => warn!(error = %e, "could not register the connection on its event loop"),
+                        }
+                    }
+                    .instrument(span),
+                    &on,
+                );
+            }
+        }
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}

@@ -10,17 +10,17 @@
 //!
 //! `VALUE` defaults to `example.com/alice/` (the size of a `virtual_mailbox_maps` answer).
 //! Runs until killed. Same shape as the responder: with `LOOPS=N` in the environment (to
-//! match `[server] event_loops`), N threads with a single-threaded tokio runtime each, all
-//! accepting on the socket and serving the connections they accepted; with `LOOPS=0` (the
-//! default), a multi-thread tokio runtime with 2 workers (`WORKERS=N` to match `[server]
-//! worker_threads`). One task per connection; each pass decodes every complete request
+//! match `[server] event_loops`), wasmail's N event loops (the milter crate's
+//! `EventLoops`: all accepting on the socket, a connection kept by the loop that accepted
+//! it unless another has fewer); with `LOOPS=0` (the default), a multi-thread tokio runtime
+//! with 2 workers (`WORKERS=N` to match `[server] worker_threads`). One task per connection; each pass decodes every complete request
 //! already buffered and answers them with one write (pipelining-safe).
 
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use wasmail_milter::net::{EventLoops, Listener, Place, Placement, SocketSpec, Stream};
 use wasmail_postfix::socketmap::{self, DEFAULT_MAX_REQUEST, Reply};
 
 fn main() -> std::io::Result<()> {
@@ -43,48 +43,69 @@ fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(0usize);
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)?;
-    listener.set_nonblocking(true)?;
-    eprintln!("socketmap_floor listening on {}", path.display());
-    if loops == 0 {
-        return tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_io()
-            .build()?
-            .block_on(async { serve(UnixListener::from_std(listener)?, reply).await });
-    }
-    let threads: Vec<_> = (0..loops)
-        .map(|_| {
-            let listener = listener.try_clone()?;
-            let reply = reply.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()?;
-            Ok(std::thread::spawn(move || {
-                runtime.block_on(async { serve(UnixListener::from_std(listener)?, reply).await })
-            }))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let _ = std::fs::remove_file(&path);
+            let listener = Listener::bind(&SocketSpec::Unix(path.clone()), None).await?;
+            eprintln!("socketmap_floor listening on {}", path.display());
+            if loops == 0 {
+                return accept_loop(listener, None, reply).await;
+            }
+            EventLoops::start(loops, "floor-loop")?
+                .run_accept_loops(listener, move |listener, placement| {
+                    accept_loop(listener, Some(placement), reply.clone())
+                })
+                .await
         })
-        .collect::<std::io::Result<_>>()?;
-    for t in threads {
-        t.join().expect("a floor loop panicked")?;
-    }
-    Ok(())
 }
 
-async fn serve(listener: UnixListener, reply: Reply) -> std::io::Result<()> {
+/// Accepts and serves connections; with event loops, each on the loop wasmail's
+/// placement rule picks (the accepting loop unless another has fewer connections).
+async fn accept_loop(
+    listener: Listener,
+    placement: Option<Placement>,
+    reply: Reply,
+) -> std::io::Result<()> {
+    let (Listener::Unix(l, _) | Listener::UnixShared(l, _)) = &listener else {
+        unreachable!("bound to a unix socket")
+    };
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = l.accept().await?;
+        let stream = Stream::Unix(stream);
         let reply = reply.clone();
-        tokio::spawn(async move {
+        let serve = |stream: Stream, reply: Reply| async move {
             if let Err(e) = connection(stream, &reply).await {
                 eprintln!("socketmap_floor: connection: {e}");
             }
-        });
+        };
+        match placement.as_ref().map(Placement::place) {
+            None => {
+                tokio::spawn(serve(stream, reply));
+            }
+            Some(Place::Here(load)) => {
+                tokio::spawn(async move {
+                    let _load = load;
+                    serve(stream, reply).await
+                });
+            }
+            Some(Place::There(on, load)) => {
+                let detached = stream.detach()?;
+                on.spawn(async move {
+                    let _load = load;
+                    match detached.attach() {
+                        Ok(stream) => serve(stream, reply).await,
+                        Err(e) => eprintln!("socketmap_floor: attach: {e}"),
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn connection(mut stream: UnixStream, reply: &Reply) -> std::io::Result<()> {
+async fn connection(mut stream: Stream, reply: &Reply) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(512);
     loop {

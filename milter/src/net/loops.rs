@@ -8,20 +8,26 @@
 //! driver and timer, and each accepting on the same listening socket: the kernel gives a
 //! new connection to one of the loops waiting in `accept`, and that connection's events
 //! are all handled on that one thread, with nothing to hand over.
-
-use std::io;
-use std::sync::Arc;
+//!
+//! Which loop wins an `accept` is up to the scheduler, so a burst of connections (Postfix
+//! opening its lookup connections at start) could land on one loop and leave the others
+//! idle for the connections' whole life. So a loop keeps a connection only while no other
+//! loop has fewer; otherwise the connection moves once, at accept, to the least busy loop
+//! ([`Placement::place`]).
 
 use std::future::Future;
+use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use super::server::Listener;
+use super::server::{Listener, Stream};
 
 /// A set of event-loop threads; cheap to clone. The threads stop when the last clone is
 /// dropped (tasks still running on them are cancelled then, so keep a clone until the
@@ -37,6 +43,8 @@ struct Inner {
 
 struct Loop {
     handle: Handle,
+    /// Connections running on this loop (all services).
+    active: Arc<AtomicUsize>,
     /// Dropping it ends the thread's `block_on`.
     _stop: oneshot::Sender<()>,
 }
@@ -44,7 +52,7 @@ struct Loop {
 impl std::fmt::Debug for EventLoops {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoops")
-            .field("loops", &self.inner.loops.len())
+            .field("connections", &self.connections())
             .finish()
     }
 }
@@ -71,6 +79,7 @@ impl EventLoops {
                 })?;
             loops.push(Loop {
                 handle,
+                active: Arc::new(AtomicUsize::new(0)),
                 _stop: stop,
             });
         }
@@ -87,6 +96,96 @@ impl EventLoops {
     /// Always false: there is at least one loop.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Connections now running on each loop.
+    pub fn connections(&self) -> Vec<usize> {
+        self.inner
+            .loops
+            .iter()
+            .map(|l| l.active.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// An accept loop's seat: which loop it runs on, to place the connections it accepts.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    loops: EventLoops,
+    here: usize,
+}
+
+/// Where an accepted connection runs, with a guard counting it there while it lives.
+#[derive(Debug)]
+pub enum Place {
+    /// On the loop that accepted it.
+    Here(LoopLoad),
+    /// On a loop with fewer connections: [`Stream::detach`] here, [`Detached::attach`]
+    /// in a task spawned on this handle.
+    There(Handle, LoopLoad),
+}
+
+impl Placement {
+    /// This loop while no other has fewer connections, else the one with the fewest.
+    pub fn place(&self) -> Place {
+        let loops = &self.loops.inner.loops;
+        let mut best = self.here;
+        let mut least = loops[self.here].active.load(Ordering::Relaxed);
+        for (i, l) in loops.iter().enumerate() {
+            let n = l.active.load(Ordering::Relaxed);
+            if n < least {
+                least = n;
+                best = i;
+            }
+        }
+        let chosen = &loops[best];
+        chosen.active.fetch_add(1, Ordering::Relaxed);
+        let load = LoopLoad(chosen.active.clone());
+        if best == self.here {
+            Place::Here(load)
+        } else {
+            Place::There(chosen.handle.clone(), load)
+        }
+    }
+}
+
+/// Counts one connection on a loop while it lives.
+#[derive(Debug)]
+pub struct LoopLoad(Arc<AtomicUsize>);
+
+impl Drop for LoopLoad {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream taken off the reactor of the runtime that accepted it, to be registered with
+/// another runtime's ([`Detached::attach`], called on that runtime).
+#[derive(Debug)]
+pub enum Detached {
+    /// TCP, with whether `TCP_QUICKACK` is re-armed before reads.
+    Tcp(std::net::TcpStream, bool),
+    /// A unix socket.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Deregisters the stream from its runtime (the socket stays non-blocking).
+    pub fn detach(self) -> io::Result<Detached> {
+        Ok(match self {
+            Stream::Tcp(s, quickack) => Detached::Tcp(s.into_std()?, quickack),
+            Stream::Unix(s) => Detached::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl Detached {
+    /// Registers the stream with the current runtime. Panics outside a runtime.
+    pub fn attach(self) -> io::Result<Stream> {
+        Ok(match self {
+            Detached::Tcp(s, quickack) => Stream::Tcp(TcpStream::from_std(s)?, quickack),
+            Detached::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+        })
     }
 }
 
@@ -155,26 +254,31 @@ impl Drop for SharedListener {
 impl EventLoops {
     /// Runs `accept_loop` on every loop, each with its own [`Listener`] on `listener`'s
     /// socket (the kernel hands each new connection to one of the loops waiting in
-    /// `accept`), and resolves when all have returned: with the first error, if any.
+    /// `accept`) and its [`Placement`], and resolves when all have returned: with the
+    /// first error, if any.
     pub async fn run_accept_loops<F, Fut>(
         &self,
         listener: Listener,
         accept_loop: F,
     ) -> io::Result<()>
     where
-        F: Fn(Listener) -> Fut + Send + Sync + 'static,
+        F: Fn(Listener, Placement) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = io::Result<()>> + Send + 'static,
     {
         let shared = Arc::new(listener.share()?);
         let accept_loop = Arc::new(accept_loop);
         let mut loops = JoinSet::new();
-        for l in &self.inner.loops {
+        for (here, l) in self.inner.loops.iter().enumerate() {
             let shared = shared.clone();
             let accept_loop = accept_loop.clone();
+            let placement = Placement {
+                loops: self.clone(),
+                here,
+            };
             loops.spawn_on(
                 async move {
                     let listener = shared.attach()?;
-                    accept_loop(listener).await
+                    accept_loop(listener, placement).await
                 },
                 &l.handle,
             );
@@ -199,6 +303,37 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_loop_keeps_a_connection_unless_another_has_fewer() {
+        let loops = EventLoops::start(3, "test-loop").unwrap();
+        let at = |here| Placement {
+            loops: loops.clone(),
+            here,
+        };
+        let target = |p: &Place| match p {
+            Place::Here(_) => None,
+            Place::There(h, _) => Some(h.id()),
+        };
+        let ids: Vec<_> = loops.inner.loops.iter().map(|l| l.handle.id()).collect();
+        // All idle: loop 0 keeps its first connection.
+        let a = at(0).place();
+        assert!(target(&a).is_none());
+        assert_eq!(loops.connections(), vec![1, 0, 0]);
+        // Loop 0 is now busier than the others: its next one goes to loop 1.
+        let b = at(0).place();
+        assert_eq!(target(&b), Some(ids[1]));
+        let c = at(0).place();
+        assert_eq!(target(&c), Some(ids[2]));
+        assert_eq!(loops.connections(), vec![1, 1, 1]);
+        // Even again: each loop keeps what it accepts.
+        let d = at(2).place();
+        assert!(target(&d).is_none());
+        assert_eq!(loops.connections(), vec![1, 1, 2]);
+        // The guards count until the connections end.
+        drop((a, b, c, d));
+        assert_eq!(loops.connections(), vec![0, 0, 0]);
+    }
+
     #[tokio::test]
     async fn every_loop_accepts_on_the_shared_socket_and_serves_there() {
         let dir = tempfile::tempdir().unwrap();
@@ -215,7 +350,7 @@ mod tests {
             let loops = loops.clone();
             async move {
                 loops
-                    .run_accept_loops(listener, move |l| {
+                    .run_accept_loops(listener, move |l, _placement| {
                         let seen = seen.clone();
                         let mut stop = stop_rx.clone();
                         async move {

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use super::addr::SocketSpec;
-use super::loops::EventLoops;
+use super::loops::{EventLoops, Place, Placement};
 use crate::command::Command;
 use crate::flags::{DEFAULT_MAX_FRAME, Stage};
 use crate::frame::{FrameError, decode_frame};
@@ -386,12 +386,13 @@ pub async fn serve<F: MilterFactory>(
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let next_id = Arc::new(AtomicU64::new(0));
     match config.event_loops.clone() {
-        None => accept_loop(listener, factory, config, limit, next_id, shutdown).await,
+        None => accept_loop(listener, None, factory, config, limit, next_id, shutdown).await,
         Some(loops) => {
             loops
-                .run_accept_loops(listener, move |listener| {
+                .run_accept_loops(listener, move |listener, placement| {
                     accept_loop(
                         listener,
+                        Some(placement),
                         factory.clone(),
                         config.clone(),
                         limit.clone(),
@@ -404,9 +405,11 @@ pub async fn serve<F: MilterFactory>(
     }
 }
 
-/// One runtime's accept loop; its sessions run on this runtime.
+/// One runtime's accept loop; its sessions run on this runtime, or on the event loop
+/// `placement` picks.
 async fn accept_loop<F: MilterFactory>(
     listener: Listener,
+    placement: Option<Placement>,
     factory: Arc<F>,
     config: Arc<ServerConfig>,
     limit: Arc<Semaphore>,
@@ -453,10 +456,41 @@ async fn accept_loop<F: MilterFactory>(
         let factory = factory.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            session(stream, peer, factory, config, shutdown).await;
-        });
+        match placement.as_ref().map(Placement::place) {
+            None => {
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    session(stream, peer, factory, config, shutdown).await;
+                });
+            }
+            Some(Place::Here(load)) => {
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let _load = load;
+                    session(stream, peer, factory, config, shutdown).await;
+                });
+            }
+            Some(Place::There(on, load)) => {
+                let detached = match stream.detach() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        factory.session_ended(&peer, &Err(SessionError::Io(e)));
+                        continue;
+                    }
+                };
+                tasks.spawn_on(
+                    async move {
+                        let _permit = permit;
+                        let _load = load;
+                        match detached.attach() {
+                            Ok(stream) => session(stream, peer, factory, config, shutdown).await,
+                            Err(e) => factory.session_ended(&peer, &Err(SessionError::Io(e))),
+                        }
+                    },
+                    &on,
+                );
+            }
+        }
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
