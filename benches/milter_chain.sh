@@ -4,10 +4,10 @@
 # the same stages, driven by the milter crate's load generator (the MTA side of the
 # protocol), over unix sockets and once over TCP. Each wasmail row runs twice: with a fresh
 # plugin instance per transaction (the default) and with `instance_reuse = 1000`; the
-# chain also runs with reuse on one event loop (`[server] event_loops = 1`) and with reuse
-# and no event loops (`event_loops = 0`: the sessions run on the multi-thread runtime's
-# workers, the shape before event loops). The floor (the milter crate's driver with a
-# no-op handler) runs on one event loop per core, like wasmail's default.
+# chain also runs with reuse on one event loop (`[server] event_loops = 1`) and on one
+# event loop per core. By default (`event_loops = 0`) the sessions run on the multi-thread
+# runtime's workers, and so does the floor (the milter crate's driver with a no-op
+# handler).
 #
 # wasmail negotiates no reply to headers, end of headers and body chunks (it sends content
 # verdicts at end of message) and no DATA. The "every stage" peers answer every command, as
@@ -56,7 +56,7 @@ wasmail_config() { # NAME LISTEN CHAIN-TOML [INSTANCE-REUSE] [EVENT-LOOPS]
   local reuse=${4:-1}
   cat > "$T/$1.toml" <<EOC
 [server]
-event_loops = ${5:-$(nproc)}
+event_loops = ${5:-0}
 [milter]
 listen = "$2"
 socket_mode = "0666"
@@ -120,11 +120,11 @@ wasmail_config eom "unix:$T/wm-eom.sock" 'chain = ["eom"]'
 wasmail_config reuse "unix:$T/wm-reuse.sock" 'chain = ["a", "b", "stamp"]' 1000
 wasmail_config reuse-eom "unix:$T/wm-reuse-eom.sock" 'chain = ["eom"]' 1000
 wasmail_config reuse-1w "unix:$T/wm-reuse-1w.sock" 'chain = ["a", "b", "stamp"]' 1000 1
-wasmail_config reuse-0l "unix:$T/wm-reuse-0l.sock" 'chain = ["a", "b", "stamp"]' 1000 0
-for c in chain eom reuse reuse-eom reuse-1w reuse-0l; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
+wasmail_config reuse-nl "unix:$T/wm-reuse-nl.sock" 'chain = ["a", "b", "stamp"]' 1000 "$(nproc)"
+for c in chain eom reuse reuse-eom reuse-1w reuse-nl; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
 # The floor: the milter crate's driver with a no-op handler, same wire, one header added.
 start floor "$NOOP" "unix:$T/floor.sock" all-nr hdr
-for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w wm-reuse-0l floor; do wait_for "$T/$s.sock"; done
+for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w wm-reuse-nl floor; do wait_for "$T/$s.sock"; done
 # Rows interleaved, round after round, so a drift of this shared machine hits every row.
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
@@ -135,7 +135,7 @@ for r in $(seq "$ROUNDS"); do
   run "wasmail, 3-plugin chain"              wm-chain
   run "wasmail, 3-plugin chain, reuse"       wm-reuse
   run "wasmail, chain, reuse, 1 event loop"  wm-reuse-1w
-  run "wasmail, chain, reuse, no event loops" wm-reuse-0l
+  run "wasmail, chain, reuse, loop per core" wm-reuse-nl
   run "floor: driver, no-op handler"         floor
   run "libmilter, end of message only"       lm-eom
   run "pymilter, end of message only"        py-eom

@@ -19,8 +19,7 @@
 #              before any plugin runs
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
 #   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
-#   wasmail-reuse-1w  that with one event loop (`[server] event_loops = 1`); wasmail and
-#              the floor otherwise run one event loop per core (the default)
+#   wasmail-reuse-1w  that on one event loop (`[server] event_loops = 1`)
 # Each row also gets the CPU time per message of the Postfix instance plus that row's
 # milter (cgroup CPU accounting; smtp-source and smtp-sink are not counted). On a machine
 # where Postfix is CPU-bound, baseline CPU ÷ row CPU estimates the throughput share without

@@ -62,7 +62,7 @@ pub struct Shared {
     /// The relay's TLS, when `[cluster.tls]` is configured.
     pub relay_tls: Option<RelayTls>,
     /// The event loops the milter, lookup and policy connections run on (`[server]
-    /// event_loops`); `None` runs them on the runtime's workers.
+    /// event_loops`); `None` (the default) runs them on the runtime's workers.
     pub event_loops: Option<EventLoops>,
 }
 
@@ -86,11 +86,10 @@ fn start_event_loops(config: &Config) -> anyhow::Result<Option<EventLoops>> {
     if config.milter.is_none() && config.lookup.is_none() && config.policy.is_none() {
         return Ok(None);
     }
-    let n = match config.server.event_loops {
-        Some(0) => return Ok(None),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let n = config.server.event_loops;
+    if n == 0 {
+        return Ok(None);
+    }
     let loops = EventLoops::start(n, "wasmail-loop").context("starting the event loops")?;
     Ok(Some(loops))
 }

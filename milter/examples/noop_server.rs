@@ -14,9 +14,9 @@
 //! - `hdr`: end of message adds one header, like the benchmark plugins and the libmilter
 //!   peer's `hdr`.
 //!
-//! Runtime shape as wasmail's default: one event loop per CPU core (`LOOPS=N` in the
-//! environment to match `[server] event_loops`; `LOOPS=0` runs the sessions on the
-//! multi-thread runtime's workers).
+//! Runtime shape as wasmail's default: the sessions run on the multi-thread runtime's
+//! workers; `LOOPS=N` in the environment runs them on N event loops instead, like
+//! `[server] event_loops = N`.
 
 use std::sync::Arc;
 
@@ -94,9 +94,8 @@ async fn main() -> std::io::Result<()> {
         }
     }
     let loops = match std::env::var("LOOPS").ok().and_then(|n| n.parse().ok()) {
-        Some(0) => None,
+        None | Some(0) => None,
         Some(n) => Some(n),
-        None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let config = ServerConfig {
         event_loops: loops

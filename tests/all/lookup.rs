@@ -70,8 +70,13 @@ impl Responder {
         let dir = tempfile::tempdir().unwrap();
         fill_registry(&dir.path().join("registry.db"));
         let (tcp_mailboxes, tcp_rules) = (free_port(), free_port());
+        // Two event loops (`[server] event_loops`): postmap's and Postfix's connections
+        // are accepted on either and may move to the other.
         let config = format!(
             r#"
+[server]
+event_loops = 2
+
 [registry]
 path = "{{dir}}/registry.db"
 refresh = "100ms"
@@ -246,6 +251,12 @@ fn postmap_gets_registry_answers_over_socketmap_and_tcp() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(r.serve.log_text().contains("registry changed"));
+    // All of it was served on the two event loops of the config.
+    assert!(
+        r.serve.log_text().contains("event_loops=2"),
+        "{}",
+        r.serve.log_text()
+    );
 }
 
 #[test]

@@ -57,10 +57,14 @@ fn start_prepared(
         .map(|c| format!("\"{c}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // Postfix's sessions run on two event loops here (the placement path: accepted on
+    // one loop, maybe moved to the other); the miltertest and service tests run the
+    // default shape, on the runtime's workers.
     let config = format!(
         r#"
 [server]
 shutdown_grace = "5s"
+event_loops = 2
 
 [milter]
 listen = "unix:{{dir}}/milter.sock"

@@ -15,8 +15,12 @@ use crate::support::{Serve, plugins_dir, require_program, require_root};
 /// Config: global chain `rules` (a `policy-rules` instance), and `net-rules` as the
 /// registry chain of example.net. `{dir}` is the serve temp dir.
 fn config() -> String {
+    // Two event loops (`[server] event_loops`): the policy connections run there.
     format!(
         r#"
+[server]
+event_loops = 2
+
 [registry]
 path = "{{dir}}/registry.db"
 refresh = "100ms"
