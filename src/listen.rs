@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, warn};
-use wasmail_milter::net::{EventLoops, Listener, Place, Placement, SocketSpec, Stream};
+use wasmail_milter::net::{EventLoops, Listener, Placement, SocketSpec, Stream, spawn_placed};
 
 use crate::config::Validator;
 
@@ -174,48 +174,19 @@ where
         let handle = handle.clone();
         let span = tracing::info_span!("conn", service, peer = %peer);
         let shutdown = shutdown.clone();
-        match placement.as_ref().map(Placement::place) {
-            None => {
-                tasks.spawn(
-                    async move {
-                        let _permit = permit;
-                        handle(stream, peer, shutdown).await;
-                    }
-                    .instrument(span),
-                );
+        spawn_placed(&mut tasks, placement.as_ref(), stream, move |stream| {
+            async move {
+                let _permit = permit;
+                match stream {
+                    Ok(stream) => handle(stream, peer, shutdown).await,
+                    Err(e) => warn!(
+                        error = %e,
+                        "could not move the connection to another event loop; closed"
+                    ),
+                }
             }
-            Some(Place::Here(load)) => {
-                tasks.spawn(
-                    async move {
-                        let _permit = permit;
-                        let _load = load;
-                        handle(stream, peer, shutdown).await;
-                    }
-                    .instrument(span),
-                );
-            }
-            Some(Place::There(on, load)) => {
-                let detached = match stream.detach() {
-                    Ok(d) => d,
-                    Err(e) => {
-                        warn!(service, peer, error = %e, "could not move the connection to another event loop");
-                        continue;
-                    }
-                };
-                tasks.spawn_on(
-                    async move {
-                        let _permit = permit;
-                        let _load = load;
-                        match detached.attach() {
-                            Ok(stream) => handle(stream, peer, shutdown).await,
-                            Err(e) => warn!(error = %e, "could not register the connection on its event loop"),
-                        }
-                    }
-                    .instrument(span),
-                    &on,
-                );
-            }
-        }
+            .instrument(span)
+        });
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmail_milter::net::{EventLoops, Listener, Place, Placement, SocketSpec, Stream};
+use tokio::task::JoinSet;
+use wasmail_milter::net::{EventLoops, Listener, Placement, SocketSpec, Stream, spawn_placed};
 use wasmail_postfix::socketmap::{self, DEFAULT_MAX_REQUEST, Reply};
 
 fn main() -> std::io::Result<()> {
@@ -72,36 +73,27 @@ async fn accept_loop(
     let (Listener::Unix(l, _) | Listener::UnixShared(l, _)) = &listener else {
         unreachable!("bound to a unix socket")
     };
+    let mut tasks = JoinSet::new();
     loop {
         let (stream, _) = l.accept().await?;
         let stream = Stream::Unix(stream);
         let reply = reply.clone();
-        let serve = |stream: Stream, reply: Reply| async move {
-            if let Err(e) = connection(stream, &reply).await {
-                eprintln!("socketmap_floor: connection: {e}");
-            }
-        };
-        match placement.as_ref().map(Placement::place) {
-            None => {
-                tokio::spawn(serve(stream, reply));
-            }
-            Some(Place::Here(load)) => {
-                tokio::spawn(async move {
-                    let _load = load;
-                    serve(stream, reply).await
-                });
-            }
-            Some(Place::There(on, load)) => {
-                let detached = stream.detach()?;
-                on.spawn(async move {
-                    let _load = load;
-                    match detached.attach() {
-                        Ok(stream) => serve(stream, reply).await,
-                        Err(e) => eprintln!("socketmap_floor: attach: {e}"),
+        spawn_placed(
+            &mut tasks,
+            placement.as_ref(),
+            stream,
+            move |stream| async move {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = connection(stream, &reply).await {
+                            eprintln!("socketmap_floor: connection: {e}");
+                        }
                     }
-                });
-            }
-        }
+                    Err(e) => eprintln!("socketmap_floor: moving a connection: {e}"),
+                }
+            },
+        );
+        while tasks.try_join_next().is_some() {}
     }
 }
 

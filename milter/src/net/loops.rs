@@ -149,6 +149,47 @@ impl Placement {
     }
 }
 
+/// Spawns the task serving an accepted connection into `tasks`: on this runtime when there
+/// is no `placement` or it keeps the connection here, else on the loop it picks (the
+/// stream is detached here and attached there). `run` gets the stream on the runtime it
+/// runs on, or the error that kept it from moving (the connection is then closed).
+pub fn spawn_placed<R, Fut>(
+    tasks: &mut JoinSet<()>,
+    placement: Option<&Placement>,
+    stream: Stream,
+    run: R,
+) where
+    R: FnOnce(io::Result<Stream>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match placement.map(Placement::place) {
+        None => {
+            tasks.spawn(run(Ok(stream)));
+        }
+        Some(Place::Here(load)) => {
+            tasks.spawn(async move {
+                let _load = load;
+                run(Ok(stream)).await
+            });
+        }
+        Some(Place::There(on, load)) => match stream.detach() {
+            Ok(detached) => {
+                tasks.spawn_on(
+                    async move {
+                        let _load = load;
+                        run(detached.attach()).await
+                    },
+                    &on,
+                );
+            }
+            Err(e) => {
+                drop(load);
+                tasks.spawn(run(Err(e)));
+            }
+        },
+    }
+}
+
 /// Counts one connection on a loop while it lives.
 #[derive(Debug)]
 pub struct LoopLoad(Arc<AtomicUsize>);

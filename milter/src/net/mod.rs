@@ -8,7 +8,7 @@ mod server;
 
 pub use addr::{AddrError, SocketSpec};
 pub use client::{ClientError, MilterClient};
-pub use loops::{Detached, EventLoops, LoopLoad, Place, Placement, SharedListener};
+pub use loops::{Detached, EventLoops, LoopLoad, Place, Placement, SharedListener, spawn_placed};
 pub use server::{
     Listener, MilterFactory, Peer, Report, ServerConfig, SessionError, SessionStats, Stream,
     Transport, run_session, serve,

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use super::addr::SocketSpec;
-use super::loops::{EventLoops, Place, Placement};
+use super::loops::{EventLoops, Placement, spawn_placed};
 use crate::command::Command;
 use crate::flags::{DEFAULT_MAX_FRAME, Stage};
 use crate::frame::{FrameError, decode_frame};
@@ -456,41 +456,18 @@ async fn accept_loop<F: MilterFactory>(
         let factory = factory.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
-        match placement.as_ref().map(Placement::place) {
-            None => {
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    session(stream, peer, factory, config, shutdown).await;
-                });
-            }
-            Some(Place::Here(load)) => {
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    let _load = load;
-                    session(stream, peer, factory, config, shutdown).await;
-                });
-            }
-            Some(Place::There(on, load)) => {
-                let detached = match stream.detach() {
-                    Ok(d) => d,
-                    Err(e) => {
-                        factory.session_ended(&peer, &Err(SessionError::Io(e)));
-                        continue;
-                    }
-                };
-                tasks.spawn_on(
-                    async move {
-                        let _permit = permit;
-                        let _load = load;
-                        match detached.attach() {
-                            Ok(stream) => session(stream, peer, factory, config, shutdown).await,
-                            Err(e) => factory.session_ended(&peer, &Err(SessionError::Io(e))),
-                        }
-                    },
-                    &on,
-                );
-            }
-        }
+        spawn_placed(
+            &mut tasks,
+            placement.as_ref(),
+            stream,
+            move |stream| async move {
+                let _permit = permit;
+                match stream {
+                    Ok(stream) => session(stream, peer, factory, config, shutdown).await,
+                    Err(e) => factory.session_ended(&peer, &Err(SessionError::Io(e))),
+                }
+            },
+        );
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
