@@ -2,12 +2,16 @@
 //!
 //! A multi-threaded tokio runtime moves work between its workers: when one worker's I/O
 //! driver sees a socket become readable, it may wake a parked sibling to run the task, and
-//! the siblings park and unpark each other many times per message. For request/response
-//! protocols with small messages (milter, socketmap, policy) that hand-off costs more than
-//! the work. [`EventLoops`] are N threads, each with its own current-thread runtime, I/O
-//! driver and timer, and each accepting on the same listening socket: the kernel gives a
-//! new connection to one of the loops waiting in `accept`, and that connection's events
-//! are all handled on that one thread, with nothing to hand over.
+//! with request/response protocols of small messages (milter, socketmap, policy) the
+//! siblings park and unpark each other many times per message. [`EventLoops`] are N
+//! threads, each with its own current-thread runtime, I/O driver and timer, and each
+//! accepting on the same listening socket: the kernel gives a new connection to one of the
+//! loops waiting in `accept`, and that connection's events are all handled on that one
+//! thread, with nothing to hand over. The price is that every loop waiting in `accept`
+//! wakes for each new connection (tokio cannot register a listener with
+//! `EPOLLEXCLUSIVE`): with short connections (one milter session per SMTP connection) two
+//! loops measured no better than two workers, one loop clearly better
+//! (`benches/RESULTS.md`, session 12).
 //!
 //! Which loop wins an `accept` is up to the scheduler, so a burst of connections (Postfix
 //! opening its lookup connections at start) could land on one loop and leave the others
