@@ -91,9 +91,10 @@ pub struct ServerSection {
     /// Log line format on stderr: `"text"` (default) or `"json"`.
     pub log_format: LogFormat,
     /// Runtime worker threads that run every service's connections (and inline plugin
-    /// calls). Default 0: one per CPU core. On a small host shared with Postfix, 1 saves
-    /// the cross-thread wake-ups of a mostly idle server (see `docs/postfix.md`,
-    /// Throughput).
+    /// calls), except those `event_loops` takes. Default 0: one per CPU core. To save the
+    /// cross-thread wake-ups of a mostly idle milter on a small host, prefer
+    /// `event_loops = 1`, which leaves the other services on these threads (see
+    /// `docs/postfix.md`, Throughput).
     pub worker_threads: usize,
     /// Single-threaded event loops that the milter, lookup and policy connections run
     /// on, instead of the runtime's worker threads. Each loop accepts on the listeners and

@@ -59,8 +59,9 @@ pub struct ServerConfig {
     /// Re-arm `TCP_QUICKACK` before reads on TCP (Linux). When off, the server does not ask
     /// for `SMFIP_NODATA` over TCP.
     pub quickack: bool,
-    /// Event loops to run the sessions on (each connection on the least busy one); `None`
-    /// runs them on the runtime that calls [`serve`] (default).
+    /// Event loops to run the sessions on: every loop accepts, and keeps a connection it
+    /// accepted unless another loop has fewer ([`super::Placement`]); `None` runs them on
+    /// the runtime that calls [`serve`] (default).
     pub event_loops: Option<EventLoops>,
 }
 
