@@ -3,11 +3,12 @@
 # and (b) one end-of-message plugin, against no-op libmilter and pymilter milters set up for
 # the same stages, driven by the milter crate's load generator (the MTA side of the
 # protocol), over unix sockets and once over TCP. Each wasmail row runs twice: with a fresh
-# plugin instance per transaction (the default) and with `instance_reuse = 1000`; the
-# chain also runs with reuse on one event loop (`[server] event_loops = 1`) and on one
-# event loop per core. By default (`event_loops = 0`) the sessions run on the multi-thread
-# runtime's workers, and so does the floor (the milter crate's driver with a no-op
-# handler).
+# plugin instance per transaction (the default) and with `instance_reuse = 1000`, in
+# wasmail's default runtime shape (`[server] event_loops = "auto"`: one event loop on a host
+# with at most 2 CPUs, else the multi-thread runtime's workers; the header line says which
+# this host got); the chain with reuse also runs on the runtime's worker threads
+# (`event_loops = 0`) and on one event loop per core. The floor (the milter crate's driver
+# with a no-op handler) runs on the multi-thread runtime's workers.
 #
 # wasmail negotiates no reply to headers, end of headers and body chunks (it sends content
 # verdicts at end of message) and no DATA. The "every stage" peers answer every command, as
@@ -52,11 +53,11 @@ cleanup() {
 trap cleanup EXIT
 gcc -O2 -o "$T/noop_libmilter" benches/peers/noop_libmilter.c -lmilter -lpthread
 
-wasmail_config() { # NAME LISTEN CHAIN-TOML [INSTANCE-REUSE] [EVENT-LOOPS]
+wasmail_config() { # NAME LISTEN CHAIN-TOML [INSTANCE-REUSE] [EVENT-LOOPS (default: wasmail's)]
   local reuse=${4:-1}
   cat > "$T/$1.toml" <<EOC
 [server]
-event_loops = ${5:-0}
+${5:+event_loops = $5}
 [milter]
 listen = "$2"
 socket_mode = "0666"
@@ -119,12 +120,14 @@ wasmail_config chain "unix:$T/wm-chain.sock" 'chain = ["a", "b", "stamp"]'
 wasmail_config eom "unix:$T/wm-eom.sock" 'chain = ["eom"]'
 wasmail_config reuse "unix:$T/wm-reuse.sock" 'chain = ["a", "b", "stamp"]' 1000
 wasmail_config reuse-eom "unix:$T/wm-reuse-eom.sock" 'chain = ["eom"]' 1000
-wasmail_config reuse-1w "unix:$T/wm-reuse-1w.sock" 'chain = ["a", "b", "stamp"]' 1000 1
+wasmail_config reuse-wt "unix:$T/wm-reuse-wt.sock" 'chain = ["a", "b", "stamp"]' 1000 0
 wasmail_config reuse-nl "unix:$T/wm-reuse-nl.sock" 'chain = ["a", "b", "stamp"]' 1000 "$(nproc)"
-for c in chain eom reuse reuse-eom reuse-1w reuse-nl; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
+for c in chain eom reuse reuse-eom reuse-wt reuse-nl; do start "wm-$c" "$WASMAIL" serve --config "$T/$c.toml"; done
 # The floor: the milter crate's driver with a no-op handler, same wire, one header added.
 start floor "$NOOP" "unix:$T/floor.sock" all-nr hdr
-for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-1w wm-reuse-nl floor; do wait_for "$T/$s.sock"; done
+for s in lm-all lm-eom lm-nr py-all py-eom py-nr wm-chain wm-eom wm-reuse wm-reuse-eom wm-reuse-wt wm-reuse-nl floor; do wait_for "$T/$s.sock"; done
+sleep 0.5
+echo "wasmail's default shape here: $(grep -o 'workers=[0-9]* event_loops=[0-9]*' "$T/wm-chain.log" | head -1) (runtime workers, event loops)"
 # Rows interleaved, round after round, so a drift of this shared machine hits every row.
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
@@ -134,7 +137,7 @@ for r in $(seq "$ROUNDS"); do
   run "pymilter, every stage, same wire"     py-nr
   run "wasmail, 3-plugin chain"              wm-chain
   run "wasmail, 3-plugin chain, reuse"       wm-reuse
-  run "wasmail, chain, reuse, 1 event loop"  wm-reuse-1w
+  run "wasmail, chain, reuse, worker threads" wm-reuse-wt
   run "wasmail, chain, reuse, loop per core" wm-reuse-nl
   run "floor: driver, no-op handler"         floor
   run "libmilter, end of message only"       lm-eom

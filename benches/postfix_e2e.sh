@@ -19,7 +19,9 @@
 #              before any plugin runs
 #   wasmail    `wasmail serve` with the benchmark plugin chain on a unix socket
 #   wasmail-reuse  the same with `instance_reuse = 1000` for every plugin
-#   wasmail-reuse-1w  that on one event loop (`[server] event_loops = 1`)
+#   wasmail-reuse-wt  that on the runtime's worker threads (`[server] event_loops = 0`;
+#              the other wasmail rows run in the default shape, `"auto"`: one event loop on
+#              a host with at most 2 CPUs)
 # Each row also gets the CPU time per message of the Postfix instance plus that row's
 # milter (cgroup CPU accounting; smtp-source and smtp-sink are not counted). On a machine
 # where Postfix is CPU-bound, baseline CPU ÷ row CPU estimates the throughput share without
@@ -110,7 +112,7 @@ default_process_limit = 100
 EOC
 smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 256 >"$T/sink.log" 2>&1 &
 PIDS+=($!); disown $!
-for g in postfix libmilter libmilter-nr floor wasmail wasmail-reuse wasmail-reuse-1w; do cg_make "$g"; done
+for g in postfix libmilter libmilter-nr floor wasmail wasmail-reuse wasmail-reuse-wt; do cg_make "$g"; done
 (cg_run postfix postfix -c "$T/etc" start >/dev/null)
 
 queue_empty() { [ -z "$(find "$T/spool/incoming" "$T/spool/active" "$T/spool/deferred" -type f 2>/dev/null | head -1)" ]; }
@@ -158,15 +160,15 @@ if [ -x "$WASMAIL" ] && [ -f benches/wasmail-bench.toml ]; then
   PIDS+=($!); disown $!
   cg_run wasmail-reuse "$WASMAIL" serve --config "$T/wasmail-reuse.toml" 2>"$T/wasmail-reuse.log" &
   PIDS+=($!); disown $!
-  { printf '[server]\nevent_loops = 1\n'; sed "s#milter-reuse.sock#milter-reuse-1w.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-1w.toml"
-  cg_run wasmail-reuse-1w "$WASMAIL" serve --config "$T/wasmail-reuse-1w.toml" 2>"$T/wasmail-reuse-1w.log" &
+  { printf '[server]\nevent_loops = 0\n'; sed "s#milter-reuse.sock#milter-reuse-wt.sock#" "$T/wasmail-reuse.toml"; } > "$T/wasmail-reuse-wt.toml"
+  cg_run wasmail-reuse-wt "$WASMAIL" serve --config "$T/wasmail-reuse-wt.toml" 2>"$T/wasmail-reuse-wt.log" &
   PIDS+=($!); disown $!
   ROWS+=("wasmail|unix:$T/run/milter.sock" "wasmail-reuse|unix:$T/run/milter-reuse.sock"
-    "wasmail-reuse-1w|unix:$T/run/milter-reuse-1w.sock")
+    "wasmail-reuse-wt|unix:$T/run/milter-reuse-wt.sock")
 else
   echo "wasmail rows skipped: build with scripts/setup.sh first" >&2
 fi
-for s in libmilter libmilter-nr floor milter milter-reuse milter-reuse-1w; do
+for s in libmilter libmilter-nr floor milter milter-reuse milter-reuse-wt; do
   for _ in $(seq 100); do [ -S "$T/run/$s.sock" ] && break; sleep 0.1; done
   [ -S "$T/run/$s.sock" ] && chmod 666 "$T/run/$s.sock"
 done

@@ -91,18 +91,16 @@ pub struct ServerSection {
     /// Log line format on stderr: `"text"` (default) or `"json"`.
     pub log_format: LogFormat,
     /// Runtime worker threads that run every service's connections (and inline plugin
-    /// calls), except those `event_loops` takes. Default 0: one per CPU core. To save the
-    /// cross-thread wake-ups of a mostly idle milter on a small host, prefer
-    /// `event_loops = 1`, which leaves the other services on these threads (see
-    /// `docs/postfix.md`, Throughput).
+    /// calls), except those `event_loops` takes. Default 0: one per CPU core.
     pub worker_threads: usize,
     /// Single-threaded event loops that the milter, lookup and policy connections run
     /// on, instead of the runtime's worker threads. Each loop accepts on the listeners and
     /// keeps a connection it accepted unless another loop has fewer; a connection's events
-    /// are then all handled on one thread. Default 0: no loops, those connections run on
-    /// the worker threads like every other service. On a small host shared with Postfix,
-    /// 1 gave the milter the most messages per CPU second (`docs/postfix.md`, Throughput).
-    pub event_loops: usize,
+    /// are then all handled on one thread. `0`: no loops, those connections run on the
+    /// worker threads like every other service. Default `"auto"`: one loop on a host with
+    /// at most 2 CPUs, where it gave the milter the most messages per CPU second, and none
+    /// on a bigger host (`docs/postfix.md`, Throughput).
+    pub event_loops: LoopCount,
     /// Default tracing filter when `RUST_LOG` is unset, e.g. `"info,wasmail::host=debug"`.
     /// Default `"info"`.
     pub log_filter: String,
@@ -113,10 +111,63 @@ impl Default for ServerSection {
         ServerSection {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
-            event_loops: 0,
+            event_loops: LoopCount::Auto,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
         }
+    }
+}
+
+/// `[server] event_loops`: a number of loops, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopCount {
+    /// One loop on a host with at most [`LoopCount::AUTO_MAX_CPUS`] CPUs, else none.
+    Auto,
+    /// This many loops (0 = none).
+    Fixed(usize),
+}
+
+impl LoopCount {
+    /// The most CPUs on which `"auto"` still starts a loop. Measured on 2 CPUs only
+    /// (`benches/RESULTS.md`): there one loop beat both the worker threads and a loop per
+    /// CPU; bigger hosts keep the worker threads until measured.
+    pub const AUTO_MAX_CPUS: usize = 2;
+
+    /// The number of loops to start on a host with `cpus` CPUs.
+    pub fn resolve(self, cpus: usize) -> usize {
+        match self {
+            LoopCount::Auto => usize::from(cpus <= Self::AUTO_MAX_CPUS),
+            LoopCount::Fixed(n) => n,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LoopCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = LoopCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of event loops or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<LoopCount, E> {
+                usize::try_from(n)
+                    .map(LoopCount::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<LoopCount, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LoopCount, E> {
+                match s {
+                    "auto" => Ok(LoopCount::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -268,7 +319,7 @@ impl Config {
                 "must be at most 1024 (0 = one per CPU core)",
             );
         }
-        if self.server.event_loops > 1024 {
+        if matches!(self.server.event_loops, LoopCount::Fixed(n) if n > 1024) {
             v.error(
                 "server.event_loops",
                 "must be at most 1024 (0 = none: the connections run on the worker threads)",
@@ -447,21 +498,39 @@ mod tests {
     }
 
     #[test]
-    fn event_loops_are_off_by_default_and_bounded() {
-        assert_eq!(load("").unwrap().server.event_loops, 0);
-        assert_eq!(
-            load("[server]\nevent_loops = 2\n")
+    fn event_loops_are_auto_by_default_and_bounded() {
+        let auto = load("").unwrap().server.event_loops;
+        assert_eq!(auto, LoopCount::Auto);
+        assert_eq!(auto.resolve(1), 1);
+        assert_eq!(auto.resolve(2), 1);
+        assert_eq!(auto.resolve(3), 0);
+        assert_eq!(auto.resolve(64), 0);
+        for (text, want) in [
+            ("2", LoopCount::Fixed(2)),
+            ("0", LoopCount::Fixed(0)),
+            ("\"auto\"", LoopCount::Auto),
+        ] {
+            let got = load(&format!("[server]\nevent_loops = {text}\n"))
                 .unwrap()
                 .server
-                .event_loops,
-            2
-        );
+                .event_loops;
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.resolve(64), usize::from(text == "2") * 2, "{text}");
+        }
         let d = diags("[server]\nevent_loops = 2000\n");
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].key, "server.event_loops");
         assert_eq!(d[0].line, 2, "{:?}", d[0]);
-        let d = diags("[server]\nevent_loops = \"many\"\n");
-        assert_eq!(d[0].key, "server.event_loops", "{d:?}");
+        for bad in ["\"many\"", "-1", "1.5"] {
+            let d = diags(&format!("[server]\nevent_loops = {bad}\n"));
+            assert_eq!(d.len(), 1, "{bad}: {d:?}");
+            assert_eq!(d[0].key, "server.event_loops", "{bad}: {d:?}");
+            assert_eq!(d[0].line, 2, "{bad}: {d:?}");
+            assert!(
+                d[0].message.contains("a number of event loops or \"auto\""),
+                "{bad}: {d:?}"
+            );
+        }
     }
 
     #[test]

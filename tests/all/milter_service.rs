@@ -72,6 +72,14 @@ async fn serve_milter_on_a_unix_socket_negotiates_serves_and_quits() {
     let log = serve.log_text();
     assert!(log.contains("milter listening"), "{log}");
     assert!(log.contains("wasmail stopped"), "{log}");
+    // The default runtime shape, `[server] event_loops = "auto"`: one event loop on a host
+    // with at most 2 CPUs (as the process sees them), none on a bigger one.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let loops = usize::from(cpus <= 2);
+    assert!(
+        log.contains(&format!(" event_loops={loops}")),
+        "{cpus} CPUs: expected event_loops={loops} in {log}"
+    );
 }
 
 #[tokio::test]
@@ -167,13 +175,15 @@ fn serve_refuses_to_start_with_a_broken_plugin_and_names_the_file() {
     assert!(!dir.path().join("m.sock").exists(), "nothing listens");
 }
 
-/// A server (one runtime worker) whose chain's first plugin rejects at end of headers,
-/// with an admin socket; a client that negotiated and sent CONNECT and HELO.
+/// A server (one runtime worker, no event loops: the milter connections run on that
+/// worker) whose chain's first plugin rejects at end of headers, with an admin socket; a
+/// client that negotiated and sent CONNECT and HELO.
 async fn rejecting_at_end_of_headers(milter_extra: &str) -> (Serve, MilterClient, Agreement) {
     let serve = Serve::start(&format!(
         r#"
 [server]
 worker_threads = 1
+event_loops = 0
 [milter]
 listen = "unix:{{dir}}/milter.sock"
 chain = ["first", "second"]
@@ -242,8 +252,8 @@ fn calls(serve: &Serve, plugin: &str) -> u64 {
 async fn content_verdicts_are_sent_at_end_of_message_and_nothing_runs_after_them() {
     let (mut serve, mut c, a) = rejecting_at_end_of_headers("").await;
     assert!(
-        serve.log_text().contains("workers=1"),
-        "[server] worker_threads = 1 is in force: {}",
+        serve.log_text().contains("workers=1 event_loops=0"),
+        "[server] worker_threads = 1 and event_loops = 0 are in force: {}",
         serve.log_text()
     );
     for stage in [Stage::Header, Stage::Eoh, Stage::Body] {
