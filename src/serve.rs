@@ -62,7 +62,7 @@ pub struct Shared {
     /// The relay's TLS, when `[cluster.tls]` is configured.
     pub relay_tls: Option<RelayTls>,
     /// The event loops the milter, lookup and policy connections run on (`[server]
-    /// event_loops`); `None` (the default) runs them on the runtime's workers.
+    /// event_loops`, resolved for this host); `None` runs them on the runtime's workers.
     pub event_loops: Option<EventLoops>,
 }
 

@@ -11,7 +11,7 @@
 //! wakes for each new connection (tokio cannot register a listener with
 //! `EPOLLEXCLUSIVE`): with short connections (one milter session per SMTP connection) two
 //! loops measured no better than two workers, one loop clearly better
-//! (`benches/RESULTS.md`, session 12).
+//! (`benches/RESULTS.md`, sessions 12 and 13).
 //!
 //! Which loop wins an `accept` is up to the scheduler, so a burst of connections (Postfix
 //! opening its lookup connections at start) could land on one loop and leave the others
