@@ -14,9 +14,10 @@
 # range, and in how many rounds each target was met: a drift of a shared machine then hits
 # every case, and one lucky or unlucky round cannot decide a verdict), CONNS="1 8",
 # DOMAINS=20 and MAILBOXES=10 (mailboxes per domain, registry and plugin settings alike),
-# WORKERS=2 (runtime threads of the floor and of wasmail alike), LOOPS=0 (event loops of the
-# floor and of wasmail alike, `[server] event_loops`; 0, the default: the connections run
-# on the runtime threads), WASMAIL
+# WORKERS=2 (runtime threads of the floor and of wasmail alike), LOOPS (event loops of the
+# floor and of wasmail alike, `[server] event_loops`; by default what wasmail's "auto" picks:
+# 1 on a host with at most 2 CPUs, else 0, where the connections run on the runtime
+# threads), WASMAIL
 # (target/release/wasmail) and EXAMPLES (target/release/examples), each built unless
 # given, PLUGINS (target/plugins, built by scripts/build-plugins.sh if missing). Unix
 # sockets only; everything started is stopped on exit.
@@ -54,7 +55,7 @@ CONNS=${CONNS:-"1 8"}
 DOMAINS=${DOMAINS:-20}
 MAILBOXES=${MAILBOXES:-10}
 WORKERS=${WORKERS:-2}
-LOOPS=${LOOPS:-0}
+LOOPS=${LOOPS:-$(( $(nproc) <= 2 ? 1 : 0 ))}
 PLUGINS=${PLUGINS:-$ROOT/target/plugins}
 # wasmail logs at its default level (info), as deployed; a RUST_LOG from the caller's shell
 # would change what is measured.
