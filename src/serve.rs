@@ -86,8 +86,7 @@ fn start_event_loops(config: &Config) -> anyhow::Result<Option<EventLoops>> {
     if config.milter.is_none() && config.lookup.is_none() && config.policy.is_none() {
         return Ok(None);
     }
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let n = config.server.event_loops.resolve(cpus);
+    let n = config.server.event_loops.resolve_here();
     if n == 0 {
         return Ok(None);
     }

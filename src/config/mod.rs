@@ -140,6 +140,12 @@ impl LoopCount {
             LoopCount::Fixed(n) => n,
         }
     }
+
+    /// The number of loops to start on this host: [`LoopCount::resolve`] for the CPUs this
+    /// process may use (CPU affinity and the cgroup quota count).
+    pub fn resolve_here(self) -> usize {
+        self.resolve(std::thread::available_parallelism().map_or(1, usize::from))
+    }
 }
 
 impl<'de> Deserialize<'de> for LoopCount {
@@ -505,17 +511,18 @@ mod tests {
         assert_eq!(auto.resolve(2), 1);
         assert_eq!(auto.resolve(3), 0);
         assert_eq!(auto.resolve(64), 0);
-        for (text, want) in [
-            ("2", LoopCount::Fixed(2)),
-            ("0", LoopCount::Fixed(0)),
-            ("\"auto\"", LoopCount::Auto),
+        // (value, parsed, loops on a 64-CPU host)
+        for (text, want, on_64) in [
+            ("2", LoopCount::Fixed(2), 2),
+            ("0", LoopCount::Fixed(0), 0),
+            ("\"auto\"", LoopCount::Auto, 0),
         ] {
             let got = load(&format!("[server]\nevent_loops = {text}\n"))
                 .unwrap()
                 .server
                 .event_loops;
             assert_eq!(got, want, "{text}");
-            assert_eq!(got.resolve(64), usize::from(text == "2") * 2, "{text}");
+            assert_eq!(got.resolve(64), on_64, "{text}");
         }
         let d = diags("[server]\nevent_loops = 2000\n");
         assert_eq!(d.len(), 1, "{d:?}");
